@@ -1,0 +1,1 @@
+"""Console scripts. Each command is a thin layer over a library function."""

@@ -1,0 +1,110 @@
+"""Pyramidal tiled BigTIFF writing in bounded memory, for slides and label masks.
+
+Levels are sequential top-level IFDs (reduced ones with subfiletype=1): the layout OpenSlide reads as a
+pyramid (written as SubIFDs it sees only level 0). Each tile is produced on demand by a callback, so
+memory does not grow with the image size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from segcls.atomic import atomic_path
+
+# read_tile(level, x, y, width, height) -> (height, width[, samples]) array in that level's pixel frame.
+TileFn = Callable[[int, int, int, int, int], np.ndarray]
+
+
+def pyramid_sizes(width: int, height: int, tile: int) -> list[tuple[int, int]]:
+    """Level sizes, halving until the whole level fits in one tile."""
+    sizes = [(width, height)]
+    while max(sizes[-1]) > tile:
+        w, h = sizes[-1]
+        sizes.append((max(1, math.ceil(w / 2)), max(1, math.ceil(h / 2))))
+    return sizes
+
+
+def palette_colormap(colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """A (3, 256) uint16 TIFF colormap: class i gets colors[i], the rest black."""
+    cmap = np.zeros((3, 256), dtype=np.uint16)
+    for i, rgb in enumerate(colors):
+        cmap[:, i] = np.asarray(rgb, dtype=np.uint16) * 257
+    return cmap
+
+
+def _tiles(read_tile: TileFn, level: int, size: tuple[int, int], tile: int, samples: int, dtype) -> Iterator:
+    width, height = size
+    shape = (tile, tile, samples) if samples > 1 else (tile, tile)
+    for y in range(0, height, tile):
+        for x in range(0, width, tile):
+            w, h = min(tile, width - x), min(tile, height - y)
+            data = np.asarray(read_tile(level, x, y, w, h), dtype=dtype)
+            if data.shape[:2] != (h, w):
+                raise ValueError(f"tile callback returned {data.shape[:2]} for a {(h, w)} tile")
+            if (h, w) != (tile, tile):
+                padded = np.zeros(shape, dtype=dtype)
+                padded[:h, :w] = data
+                data = padded
+            yield data
+
+
+def write_pyramid(
+    path: str | Path,
+    size: tuple[int, int],
+    read_tile: TileFn,
+    *,
+    samples: int = 1,
+    dtype=np.uint8,
+    tile: int = 512,
+    compression: str = "zlib",
+    compression_level: int | None = None,
+    colormap: np.ndarray | None = None,
+    mpp: float | None = None,
+    description: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[int, int]]:
+    """Write a tiled pyramid to `path` atomically; returns the level sizes (width, height).
+
+    `samples` 3 writes RGB (compression "jpeg" gives a slide like a scanner's); 1 with `colormap` writes a
+    palette image (class indices that viewers show in colour). `progress(n)` is called per tile written.
+    """
+    if tile % 16:
+        raise ValueError(f"TIFF tile size must be a multiple of 16, got {tile}")
+    sizes = pyramid_sizes(*size, tile)
+    photometric = "palette" if colormap is not None else ("rgb" if samples == 3 else "minisblack")
+    kwargs: dict = {"photometric": photometric, "compression": compression, "tile": (tile, tile)}
+    if compression_level is not None:
+        kwargs["compressionargs"] = {"level": compression_level}
+    if colormap is not None:
+        kwargs["colormap"] = colormap
+    if mpp:
+        kwargs["resolution"] = (1e4 / mpp, 1e4 / mpp)
+        kwargs["resolutionunit"] = "CENTIMETER"
+
+    def counted(it: Iterator) -> Iterator:
+        for t in it:
+            yield t
+            if progress is not None:
+                progress(1)
+
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for level, (w, h) in enumerate(sizes):
+            shape = (h, w, samples) if samples > 1 else (h, w)
+            extra = {"subfiletype": 1} if level else {}
+            if level == 0 and description:
+                extra["description"] = description
+            if mpp and level:
+                scale = size[0] / w
+                extra["resolution"] = (1e4 / (mpp * scale), 1e4 / (mpp * scale))
+            tif.write(
+                counted(_tiles(read_tile, level, (w, h), tile, samples, dtype)),
+                shape=shape,
+                dtype=dtype,
+                **{**kwargs, **extra},
+            )
+    return sizes

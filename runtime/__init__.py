@@ -1,0 +1,1 @@
+"""Whole-slide inference. Imports without torch: numpy, onnxruntime, openslide, tifffile."""

@@ -1,0 +1,1 @@
+"""Dataset folder format, tile extraction, the paper's settings, tile cache and augmentation."""

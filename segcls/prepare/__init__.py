@@ -1,0 +1,1 @@
+"""Importers from the challenges' raw download layouts into the dataset folder format."""

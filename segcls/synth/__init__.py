@@ -1,0 +1,1 @@
+"""Synthetic histology: a class appearance model, datasets in the folder format, and pyramidal slides."""

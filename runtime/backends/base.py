@@ -1,0 +1,52 @@
+"""The one interface every inference backend implements (after Polygraphy's runners).
+
+A backend takes decoded pixels as they are (uint8 NHWC RGB) and returns the network's outputs at its
+native stride; the pipeline never knows which backend it drives.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import numpy as np
+
+from segcls.description import ModelDescription
+
+
+class BackendOutput(NamedTuple):
+    labels: np.ndarray  # uint8 (B, H/8, W/8)
+    probs: np.ndarray  # float32 or float16 (B, C, H/8, W/8), softmax over C
+    class_scores: np.ndarray  # float (B, C), the classification layer
+
+
+class Backend(ABC):
+    """load() -> infer(batch)* -> close(); also a context manager."""
+
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self.description: ModelDescription | None = None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Open the model and the device; sets `self.description`."""
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> BackendOutput:
+        """`batch`: uint8 (B, H, W, 3), H and W multiples of 16."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need no close
+        """Release the device and the model."""
+
+    @property
+    def device(self) -> str:
+        """Where it really runs, e.g. 'CPUExecutionProvider' or 'cuda:0 (NVIDIA H100)'."""
+        return "cpu"
+
+    def __enter__(self) -> Backend:
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -30,8 +30,9 @@ def pyramid_sizes(width: int, height: int, tile: int) -> list[tuple[int, int]]:
 
 
 def palette_colormap(colors: Sequence[Sequence[int]]) -> np.ndarray:
-    """A (3, 256) uint16 TIFF colormap: class i gets colors[i], the rest black."""
+    """A (3, 256) uint16 TIFF colormap: class i gets colors[i], 255 (unlabelled) white, the rest black."""
     cmap = np.zeros((3, 256), dtype=np.uint16)
+    cmap[:, 255] = 65535
     for i, rgb in enumerate(colors):
         cmap[:, i] = np.asarray(rgb, dtype=np.uint16) * 257
     return cmap

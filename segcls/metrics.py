@@ -53,7 +53,7 @@ class Scores:
         return {
             "macro_f1": self.macro_f1,
             "micro_f1": self.micro_f1,
-            "per_class_f1": {n: (None if np.isnan(f) else f) for n, f in zip(names, self.per_class_f1)},
+            "per_class_f1": {n: (None if np.isnan(f) else f) for n, f in zip(names, self.per_class_f1, strict=True)},
             "pixels": self.pixels,
         }
 

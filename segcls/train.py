@@ -1,0 +1,343 @@
+"""The paper's training: masked tiles teach segmentation, label-only tiles correct it through the
+parameter-free classification layer; L = L_seg + L_cls (1:1), Adam 1e-4.
+
+two-step (paper, default): per step, a batch of SEG tiles -> pixel cross-entropy on the full-resolution
+logits, and a batch of CLS tiles -> cross-entropy on the class scores; one optimiser step on the sum.
+joint (released code): one forward on a mixed batch; every tile gets both losses (CLS tiles a constant mask
+of their label, SEG tiles their majority class as label).
+
+The number of optimiser steps per epoch is the same for every setting and fraction (set by the size of the
+whole training tile pool), so S / S+C / S+C* differ in the data they see, not in compute. All randomness of an
+epoch derives from (seed, epoch), which is what makes `--resume` continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from segcls.atomic import atomic_path
+from segcls.checkpoint import load_checkpoint, save_checkpoint
+from segcls.data.augment import augment_batch
+from segcls.data.cache import TileSet, build_tileset
+from segcls.data.folder import open_dataset
+from segcls.data.settings import SETTINGS, Selection, select_tiles
+from segcls.description import ModelDescription
+from segcls.errors import CheckpointError, SegclsError
+from segcls.evaluate import classification_accuracy, evaluate_images
+from segcls.metrics import IGNORE_INDEX
+from segcls.model import SegClsNet, build_model
+
+MODES = ("two-step", "joint")
+LOG_FIELDS = (
+    "epoch",
+    "steps",
+    "loss",
+    "seg_loss",
+    "cls_loss",
+    "val_macro_f1",
+    "val_micro_f1",
+    "tiles_per_s",
+    "seconds",
+)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    out_dir: str
+    setting: str = "S+C"
+    seg_fraction: float = 1.0
+    epochs: int = 10
+    batch_size: int = 64
+    tile: int = 128
+    lr: float = 1e-4
+    seed: int = 0
+    split_seed: int = 0
+    device: str = "auto"
+    pretrained: str | None = None
+    mode: str = "two-step"
+    steps_per_epoch: int | None = None  # None: one pass over the whole training tile pool
+
+    def validate(self) -> None:
+        if self.setting not in SETTINGS:
+            raise SegclsError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.mode not in MODES:
+            raise SegclsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0.0 <= self.seg_fraction <= 1.0:
+            raise SegclsError(f"seg fraction must be in [0, 1], got {self.seg_fraction}")
+        if self.tile % 16 or self.tile < 32:
+            raise SegclsError(f"tile must be a multiple of 16 and >= 32, got {self.tile}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SegclsError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SegclsError("--device cuda asked for, but torch sees no CUDA GPU")
+    if name not in ("cpu", "cuda"):
+        raise SegclsError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse class frequency, normalised so the largest weight is 1 (absent classes get 1)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    if inv.max() == 0:
+        return torch.ones(len(counts))
+    w = inv / inv.max()
+    w[counts == 0] = 1.0
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class _Cycler:
+    """Endless shuffled passes over a set of indices, driven by one numpy Generator."""
+
+    def __init__(self, indices: np.ndarray, rng: np.random.Generator) -> None:
+        self.indices, self.rng, self.order, self.pos = indices, rng, np.empty(0, np.int64), 0
+
+    def take(self, n: int) -> np.ndarray:
+        out = []
+        while n > 0:
+            if self.pos >= self.order.size:
+                self.order, self.pos = self.rng.permutation(self.indices), 0
+            chunk = self.order[self.pos : self.pos + n]
+            out.append(chunk)
+            self.pos += chunk.size
+            n -= chunk.size
+        return np.concatenate(out)
+
+
+class Trainer:
+    """Holds the model, data and optimiser of one run; `run()` trains to `config.epochs`."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        config.validate()
+        self.config, self.progress = config, progress
+        self.out_dir = Path(config.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(config.device)
+        self.dataset = open_dataset(config.dataset, split_seed=config.split_seed)
+        for split in ("train", "val"):
+            if not self.dataset.split.get(split):
+                raise SegclsError(f"{config.dataset}: the '{split}' split has no images")
+        self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile)
+        self.selection: Selection = select_tiles(self.tiles, config.setting, config.seg_fraction, config.seed)
+        if self.selection.seg.size == 0 and self.selection.cls.size == 0:
+            raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
+        self.description = ModelDescription(
+            classes=self.dataset.classes,
+            colors=self.dataset.colors,
+            mpp=self.dataset.mpp,
+            tile_size=config.tile,
+            setting=config.setting,
+            seg_fraction=config.seg_fraction,
+        )
+        num_classes = self.description.num_classes
+        self.steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(self.tiles) / config.batch_size))
+
+        torch.manual_seed(config.seed)
+        self.model: SegClsNet = build_model(num_classes, config.pretrained).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.seg_weights, self.cls_weights = self._class_weights(num_classes)
+        self.epoch, self.best_f1, self.log_rows = 0, -1.0, []
+        if resume:
+            self._resume()
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _class_weights(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = np.asarray(self.tiles.masks[np.sort(self.selection.seg)]) if self.selection.seg.size else None
+        pixel_counts = np.bincount(masks[masks != IGNORE_INDEX], minlength=num_classes) if masks is not None else []
+        label_counts = np.bincount(np.asarray(self.tiles.labels[self.selection.cls]), minlength=num_classes)
+        if self.config.mode == "joint":  # every tile carries both kinds of target
+            pixel_counts = np.asarray(pixel_counts, dtype=np.int64) + label_counts * self.config.tile**2
+        seg = class_weights(pixel_counts[:num_classes] if len(pixel_counts) else np.zeros(num_classes))
+        cls = class_weights(label_counts[:num_classes])
+        return seg.to(self.device), cls.to(self.device)
+
+    def _resume(self) -> None:
+        last = self.out_dir / "last.pt"
+        payload = load_checkpoint(last)
+        saved = payload.get("config", {})
+        mine = asdict(self.config)
+        keys = ("dataset", "setting", "seg_fraction", "batch_size", "tile", "lr", "seed", "split_seed", "mode")
+        changed = [k for k in keys if str(saved.get(k)) != str(mine[k])]
+        if changed:
+            raise CheckpointError(f"{last} was trained with other settings ({', '.join(changed)}): cannot resume")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
+        self.epoch = int(payload["epoch"])
+        self.best_f1 = float(payload["best_f1"])
+        self.log_rows = list(payload.get("log", []))
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def _batch(self, idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        order = np.sort(idx)  # memmap-friendly read, then restore the sampled order
+        images = np.asarray(self.tiles.images[order])[np.argsort(np.argsort(idx))]
+        masks = np.asarray(self.tiles.masks[order])[np.argsort(np.argsort(idx))]
+        x, y = augment_batch(
+            torch.from_numpy(images), torch.from_numpy(masks), gen, self.description.mean, self.description.std
+        )
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _losses(self, seg_idx: np.ndarray, cls_idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        zero = torch.zeros((), device=self.device)
+        labels = torch.from_numpy(np.asarray(self.tiles.labels[cls_idx], dtype=np.int64)).to(self.device)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            if self.config.mode == "two-step":
+                seg_loss = cls_loss = zero
+                if seg_idx.size:
+                    x, y = self._batch(seg_idx, gen)
+                    out = self.model(x)
+                    seg_loss = F.cross_entropy(out.logits.float(), y, self.seg_weights, ignore_index=IGNORE_INDEX)
+                if cls_idx.size:
+                    x, _ = self._batch(cls_idx, gen)
+                    out = self.model(x, full_res=False)
+                    cls_loss = F.cross_entropy(out.class_scores.float(), labels, self.cls_weights)
+            else:
+                idx = np.concatenate([seg_idx, cls_idx])
+                x, y = self._batch(idx, gen)
+                n_seg = seg_idx.size
+                y[n_seg:] = labels[:, None, None]  # CLS tiles: constant mask of their label
+                seg_tile_labels = _majority(y[:n_seg], self.description.num_classes)
+                out = self.model(x)
+                seg_loss = F.cross_entropy(out.logits.float(), y, self.seg_weights, ignore_index=IGNORE_INDEX)
+                cls_loss = F.cross_entropy(
+                    out.class_scores.float(), torch.cat([seg_tile_labels, labels]), self.cls_weights
+                )
+        return seg_loss + cls_loss, seg_loss, cls_loss
+
+    def train_epoch(self) -> dict:
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, self.epoch])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        seg = _Cycler(self.selection.seg, rng) if self.selection.seg.size else None
+        cls = _Cycler(self.selection.cls, rng) if self.selection.cls.size else None
+        # Joint mode shares one batch between the two kinds; two-step gives each its own batch.
+        n_seg = cfg.batch_size if cls is None or cfg.mode == "two-step" else cfg.batch_size // 2
+        n_cls = cfg.batch_size if seg is None or cfg.mode == "two-step" else cfg.batch_size - n_seg
+        self.model.train()
+        totals = np.zeros(3)
+        tiles, start = 0, time.perf_counter()
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for _ in bar:
+            seg_idx = seg.take(n_seg) if seg else np.empty(0, np.int64)
+            cls_idx = cls.take(n_cls) if cls else np.empty(0, np.int64)
+            loss, seg_loss, cls_loss = self._losses(seg_idx, cls_idx, gen)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            totals += [loss.item(), seg_loss.item(), cls_loss.item()]
+            tiles += seg_idx.size + cls_idx.size
+            bar.set_postfix(loss=f"{loss.item():.3f}", tiles_s=f"{tiles / (time.perf_counter() - start):.1f}")
+        seconds = time.perf_counter() - start
+        mean = totals / self.steps_per_epoch
+        return {
+            "loss": mean[0],
+            "seg_loss": mean[1],
+            "cls_loss": mean[2],
+            "tiles_per_s": tiles / seconds,
+            "seconds": seconds,
+        }
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        while self.epoch < cfg.epochs:
+            stats = self.train_epoch()
+            val = evaluate_images(self.model, self.dataset, self.dataset.split["val"], self.description, self.device)
+            self.epoch += 1
+            row = {**stats, "epoch": self.epoch, "steps": self.epoch * self.steps_per_epoch}
+            row.update(val_macro_f1=val.macro_f1, val_micro_f1=val.micro_f1)
+            self.log_rows.append({k: row[k] for k in LOG_FIELDS})
+            improved = val.macro_f1 > self.best_f1
+            if improved:
+                self.best_f1 = val.macro_f1
+                self._save("best.pt")
+            self._save("last.pt")
+            self._write_log()
+            if self.progress:
+                tqdm.write(
+                    f"epoch {self.epoch}/{cfg.epochs}: loss {stats['loss']:.4f} val macro F1 {val.macro_f1:.4f} "
+                    f"micro F1 {val.micro_f1:.4f} ({stats['tiles_per_s']:.1f} tiles/s){' *' if improved else ''}"
+                )
+        return self.finish()
+
+    def _save(self, name: str) -> None:
+        save_checkpoint(
+            self.out_dir / name,
+            self.model,
+            self.description,
+            config=asdict(self.config),
+            epoch=self.epoch,
+            best_f1=self.best_f1,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            log=self.log_rows,
+        )
+
+    def _write_log(self) -> None:
+        with atomic_path(self.out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.log_rows)
+
+    def finish(self) -> dict:
+        """Score best.pt on the test split (falls back to val when there is no test split)."""
+        from segcls.checkpoint import load_model
+
+        model, _, _ = load_model(self.out_dir / "best.pt")
+        model.to(self.device)
+        split = "test" if self.dataset.split.get("test") else "val"
+        scores = evaluate_images(model, self.dataset, self.dataset.split[split], self.description, self.device)
+        test_tiles = build_tileset(self.dataset, split, self.config.tile)
+        metrics = {
+            **scores.to_dict(self.description.classes),
+            "split": split,
+            "cls_accuracy": classification_accuracy(model, test_tiles, self.description, self.device),
+            "best_val_macro_f1": self.best_f1,
+            "train_tiles": {"seg": int(self.selection.seg.size), "cls": int(self.selection.cls.size)},
+            "tiles_per_s": float(np.mean([r["tiles_per_s"] for r in self.log_rows])) if self.log_rows else None,
+            "config": asdict(self.config),
+        }
+        with atomic_path(self.out_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+
+def _majority(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Majority labelled class of each mask (B, H, W) -> (B,)."""
+    flat = masks.reshape(masks.shape[0], -1)
+    counts = torch.stack([(flat == c).sum(dim=1) for c in range(num_classes)], dim=1)
+    return counts.argmax(dim=1)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train one run into `config.out_dir`; returns the test metrics also written to metrics.json."""
+    return Trainer(config, resume=resume, progress=progress).run()
+
+
+__all__ = ["MODES", "TrainConfig", "Trainer", "class_weights", "train"]

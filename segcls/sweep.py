@@ -1,0 +1,172 @@
+"""The paper's experiment grid: every setting x segmentation fraction x seed, one training run each.
+
+Resumable: a run with metrics.json is done and skipped; a run with last.pt is resumed. The summary reports
+mean +- std over seeds, also normalised to S at s = 100% as the paper's figures do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from segcls.atomic import atomic_path
+from segcls.errors import SegclsError
+
+PAPER_FRACTIONS = (0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+QUICK_FRACTIONS = (0.0, 0.05, 0.1, 1.0)
+RESULT_FIELDS = ("setting", "seg_fraction", "seed", "macro_f1", "micro_f1", "cls_accuracy", "seg_tiles", "cls_tiles")
+
+
+@dataclass
+class SweepConfig:
+    dataset: str
+    out_dir: str
+    settings: Sequence[str] = ("S", "S+C", "S+C*")
+    fractions: Sequence[float] = PAPER_FRACTIONS
+    seeds: int = 5
+    train_options: dict = field(default_factory=dict)  # TrainConfig fields shared by every run
+
+
+def run_dir(out_dir: Path, setting: str, fraction: float, seed: int) -> Path:
+    slug = setting.replace("*", "star")
+    return out_dir / "runs" / f"{slug}_s{fraction:g}_seed{seed}"
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
+    """Train every missing run, then write results.csv, summary.md and f1_vs_fraction.png."""
+    from tqdm import tqdm
+
+    from segcls.train import TrainConfig, train
+
+    if config.seeds < 1:
+        raise SegclsError(f"seeds must be >= 1, got {config.seeds}")
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = [(s, f, seed) for s in config.settings for f in config.fractions for seed in range(config.seeds)]
+    base = TrainConfig(dataset=config.dataset, out_dir="", **config.train_options)
+    for setting, fraction, seed in tqdm(grid, desc="sweep", disable=not progress):
+        directory = run_dir(out, setting, fraction, seed)
+        if (directory / "metrics.json").is_file():
+            continue
+        run = replace(base, out_dir=str(directory), setting=setting, seg_fraction=fraction, seed=seed)
+        train(run, resume=(directory / "last.pt").is_file(), progress=False)
+    rows = collect_results(out, config.settings, config.fractions, config.seeds)
+    write_results(out, rows)
+    return rows
+
+
+def collect_results(out: Path, settings: Sequence[str], fractions: Sequence[float], seeds: int) -> list[dict]:
+    rows = []
+    for setting in settings:
+        for fraction in fractions:
+            for seed in range(seeds):
+                path = run_dir(out, setting, fraction, seed) / "metrics.json"
+                if not path.is_file():
+                    continue
+                m = json.loads(path.read_text())
+                rows.append(
+                    {
+                        "setting": setting,
+                        "seg_fraction": fraction,
+                        "seed": seed,
+                        "macro_f1": m["macro_f1"],
+                        "micro_f1": m["micro_f1"],
+                        "cls_accuracy": m.get("cls_accuracy"),
+                        "seg_tiles": m["train_tiles"]["seg"],
+                        "cls_tiles": m["train_tiles"]["cls"],
+                    }
+                )
+    return rows
+
+
+def aggregate(rows: list[dict], metric: str) -> dict[tuple[str, float], tuple[float, float, int]]:
+    """(setting, fraction) -> (mean, std, n) of a metric over seeds."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        if r[metric] is not None:
+            groups.setdefault((r["setting"], float(r["seg_fraction"])), []).append(float(r[metric]))
+    return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fractions = sorted({float(r["seg_fraction"]) for r in rows})
+    lines = ["# Sweep summary", ""]
+    for metric in ("macro_f1", "micro_f1", "cls_accuracy"):
+        agg = aggregate(rows, metric)
+        if not agg:
+            continue
+        reference = agg.get(("S", 1.0), (math.nan,))[0]
+        lines += [f"## {metric} (mean +- std over seeds; in brackets: relative to S at s=100%)", ""]
+        lines += ["| s | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+        for f in fractions:
+            cells = []
+            for s in settings:
+                if (s, f) not in agg:
+                    cells.append("")
+                    continue
+                mean, std, n = agg[(s, f)]
+                rel = f" [{mean / reference:.2f}]" if reference and not math.isnan(reference) else ""
+                cells.append(f"{100 * mean:.1f} +- {100 * std:.1f}{rel} (n={n})")
+            lines.append(f"| {100 * f:g}% | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += _claim_lines(aggregate(rows, "macro_f1"), fractions)
+    return "\n".join(lines) + "\n"
+
+
+def _claim_lines(agg: dict, fractions: list[float]) -> list[str]:
+    """The paper's claim, checked on these numbers: S+C / S+C* beat S by >= 15% relative at s <= 10%."""
+    lines = ["## The paper's claim on these runs", ""]
+    for f in [f for f in fractions if f <= 0.1]:
+        if ("S", f) not in agg:
+            continue
+        s = agg[("S", f)][0]
+        for other in ("S+C", "S+C*"):
+            if (other, f) in agg:
+                gain = agg[(other, f)][0] / s - 1 if s > 0 else math.inf
+                verdict = "holds" if gain >= 0.15 else "does not hold"
+                lines.append(f"- s={100 * f:g}%: {other} vs S: {100 * gain:+.1f}% relative macro F1 ({verdict})")
+    return [*lines, ""]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for ax, metric in zip(axes, ("macro_f1", "micro_f1"), strict=True):
+        agg = aggregate(rows, metric)
+        for s in settings:
+            pts = sorted((f, m, sd) for (name, f), (m, sd, _) in agg.items() if name == s)
+            x = np.array([100 * p[0] for p in pts])
+            mean, std = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
+            ax.plot(x, 100 * mean, marker="o", label=s)
+            ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
+        ax.set(xlabel="segmentation tiles used (%)", ylabel=f"{metric.replace('_', ' ')} (%)", title=metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    if not rows:
+        raise SegclsError(f"no finished runs under {out / 'runs'}")
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(rows))
+    plot(rows, out / "f1_vs_fraction.png")

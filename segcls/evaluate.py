@@ -26,7 +26,7 @@ def predict_labels(
     nearest upsampling (identical to the argmax of the nearest-upsampled logits)."""
     h, w = image.shape[:2]
     ph, pw = -h % INPUT_MULTIPLE, -w % INPUT_MULTIPLE
-    x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8))[None].to(device)
     x = normalize(x, description.mean, description.std)
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")

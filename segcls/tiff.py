@@ -78,7 +78,14 @@ def write_pyramid(
         raise ValueError(f"TIFF tile size must be a multiple of 16, got {tile}")
     sizes = pyramid_sizes(*size, tile)
     photometric = "palette" if colormap is not None else ("rgb" if samples == 3 else "minisblack")
-    kwargs: dict = {"photometric": photometric, "compression": compression, "tile": (tile, tile)}
+    # metadata=None: tifffile's own shape JSON would be a second ImageDescription tag, the one libtiff
+    # and OpenSlide read, hiding `description`.
+    kwargs: dict = {
+        "photometric": photometric,
+        "compression": compression,
+        "tile": (tile, tile),
+        "metadata": None,
+    }
     if compression_level is not None:
         kwargs["compressionargs"] = {"level": compression_level}
     if colormap is not None:
@@ -89,9 +96,9 @@ def write_pyramid(
 
     def counted(it: Iterator) -> Iterator:
         for t in it:
-            yield t
-            if progress is not None:
+            if progress is not None:  # before the yield: the writer never resumes after a level's last tile
                 progress(1)
+            yield t
 
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for level, (w, h) in enumerate(sizes):

@@ -256,9 +256,9 @@ class Trainer:
         seconds = time.perf_counter() - start
         mean = totals / self.steps_per_epoch
         return {
-            "loss": mean[0],
-            "seg_loss": mean[1],
-            "cls_loss": mean[2],
+            "loss": float(mean[0]),
+            "seg_loss": float(mean[1]),
+            "cls_loss": float(mean[2]),
             "tiles_per_s": tiles / seconds,
             "seconds": seconds,
         }
@@ -271,11 +271,11 @@ class Trainer:
             val = evaluate_images(self.model, self.dataset, self.dataset.split["val"], self.description, self.device)
             self.epoch += 1
             row = {**stats, "epoch": self.epoch, "steps": self.epoch * self.steps_per_epoch}
-            row.update(val_macro_f1=val.macro_f1, val_micro_f1=val.micro_f1)
+            row.update(val_macro_f1=float(val.macro_f1), val_micro_f1=float(val.micro_f1))
             self.log_rows.append({k: row[k] for k in LOG_FIELDS})
             improved = val.macro_f1 > self.best_f1
             if improved:
-                self.best_f1 = val.macro_f1
+                self.best_f1 = float(val.macro_f1)
                 self._save("best.pt")
             self._save("last.pt")
             self._write_log()

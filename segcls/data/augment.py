@@ -1,0 +1,130 @@
+"""Training augmentation in torch, batched: the paper's rotations and colour jitter, then normalisation.
+
+- Geometry (image and mask together): one of the 8 symmetries of the square per tile, a random
+  horizontal flip then a random multiple of 90 degrees.
+- Colour (image only), per tile: brightness, contrast, saturation and hue factors drawn as in
+  torchvision's ColorJitter (brightness b in [1 - .25, 1 + .25], contrast [1 - .75, 1 + .75], saturation
+  [1 - .25, 1 + .25], hue shift in [-.04, .04] of a turn), applied in that fixed order. Each step is
+  linear in RGB, so the four compose into one 3x3 matrix + offset per tile, applied with one batched
+  matmul and clamped to [0, 1] once; torchvision clamps after every step, so pixels pushed past white
+  and pulled back by a later step differ slightly. Hue is a rotation of the chroma plane in YIQ space
+  (not an RGB -> HSV round trip): it keeps luma and is close to an HSV hue shift for moderate angles.
+- Normalisation: `(rgb / 255 - mean) / std` (`segcls.description`).
+All randomness comes from the `generator` passed in, so a seeded generator gives the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+# NTSC RGB -> YIQ. The Y row is the luma used for contrast and saturation; the I and Q rows sum to 0.
+_RGB_TO_YIQ = (
+    (0.299, 0.587, 0.114),
+    (0.596, -0.274, -0.322),
+    (0.211, -0.523, 0.312),
+)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, H, W, 3) RGB -> float32 (B, 3, H, W), `(rgb / 255 - mean) / std`."""
+    return _standardize(_to_nchw(images), mean, std, scale=1 / 255)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    geometry: bool = True,
+    brightness: float = 0.25,
+    contrast: float = 0.75,
+    saturation: float = 0.25,
+    hue: float = 0.04,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, T, T, 3) tiles + uint8 (B, T, T) masks -> normalised float32 (B, 3, T, T), int64 (B, T, T)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
+        raise ValueError(f"expected images (B, T, T, 3) and masks (B, T, T), got {images.shape} and {masks.shape}")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"tiles must be square for 90-degree rotations, got {images.shape[1]}x{images.shape[2]}")
+    if geometry:
+        images, masks = _dihedral(images, masks, _randint(8, len(images), generator, images.device))
+    x = _jitter(_to_nchw(images), generator, brightness, contrast, saturation, hue)
+    return _standardize(x, mean, std), masks.to(torch.int64)
+
+
+def _to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> contiguous float32 NCHW with values 0..255, in one pass."""
+    b, h, w, _ = images.shape
+    x = torch.empty((b, 3, h, w), dtype=torch.float32, device=images.device)
+    return x.copy_(images.permute(0, 3, 1, 2))
+
+
+def _standardize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], scale: float = 1.0) -> torch.Tensor:
+    """In place: `(x * scale - mean) / std` as one multiply and one add."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float64)
+    std_t = torch.as_tensor(std, dtype=torch.float64)
+    mul = (scale / std_t).to(x.dtype).to(x.device).view(1, 3, 1, 1)
+    add = (-mean_t / std_t).to(x.dtype).to(x.device).view(1, 3, 1, 1)
+    return x.mul_(mul).add_(add)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else "cpu"
+    return (torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64) * (high - low) + low).to(device)
+
+
+def _randint(high: int, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.randint(high, (n,), generator=generator, device=gen_device).to(device)
+
+
+def _dihedral(images: torch.Tensor, masks: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code c: flip left-right if c >= 4, then rotate by (c % 4) * 90 degrees; tiles grouped by code."""
+    out_images, out_masks = torch.empty_like(images), torch.empty_like(masks)
+    for code in codes.unique().tolist():
+        idx = (codes == code).nonzero().squeeze(1)
+        img, msk = images[idx], masks[idx]
+        if code >= 4:
+            img, msk = img.flip(2), msk.flip(2)
+        out_images[idx] = torch.rot90(img, code % 4, dims=(1, 2))
+        out_masks[idx] = torch.rot90(msk, code % 4, dims=(1, 2))
+    return out_images, out_masks
+
+
+def _jitter(
+    x: torch.Tensor,
+    generator: torch.Generator | None,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+) -> torch.Tensor:
+    """Colour jitter of float (B, 3, H, W) with values 0..255 -> [0, 1], one affine map per tile (see the
+    module docstring)."""
+    n, device = len(x), x.device
+    b = _uniform(n, max(0.0, 1 - brightness), 1 + brightness, generator, device)
+    c = _uniform(n, max(0.0, 1 - contrast), 1 + contrast, generator, device)
+    s = _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, device)
+    h = _uniform(n, -hue, hue, generator, device)
+    yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64, device=device)
+    luma = yiq[0]
+    # Saturation: s * p + (1 - s) * luma(p), i.e. s * I + (1 - s) * 1 luma^T.
+    sat = s.view(n, 1, 1) * torch.eye(3, dtype=torch.float64, device=device) + (1 - s).view(n, 1, 1) * luma.expand(3, 3)
+    # Hue: rotate (I, Q) by -2 pi h (that direction moves red towards green, as a positive HSV shift does).
+    cos, sin = torch.cos(2 * math.pi * h), torch.sin(2 * math.pi * h)
+    rot = torch.zeros(n, 3, 3, dtype=torch.float64, device=device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, sin, -sin, cos
+    hue_m = torch.linalg.inv(yiq) @ rot @ yiq
+    # Brightness scales by b; contrast blends with the mean luma of the brightened tile, b * m0.
+    # Saturation and hue map grey to itself, so the contrast offset passes through them unchanged.
+    m0 = x.mean(dim=(2, 3)).to(torch.float64) @ luma / 255
+    matrix = ((c * b / 255).view(n, 1, 1) * (hue_m @ sat)).to(x.dtype)
+    offset = ((1 - c) * b * m0).to(x.dtype).view(n, 1, 1)
+    out = torch.baddbmm(offset, matrix, x.reshape(n, 3, -1))
+    return out.clamp_(0, 1).view_as(x)

@@ -1,0 +1,146 @@
+"""`segcls-prepare`: turn a challenge's raw download into a segcls dataset folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from segcls.cli._common import handle_errors
+
+
+def _names(_ctx, _param, value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
+
+
+def _common(fn: Callable) -> Callable:
+    """RAW_DIR OUT_DATASET, --overwrite and --quiet, shared by every importer."""
+    fn = click.option("--quiet", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("--overwrite", is_flag=True, help="Replace OUT_DATASET if it exists.")(fn)
+    fn = click.argument("out_dataset", type=click.Path(file_okay=False))(fn)
+    return click.argument("raw_dir", type=click.Path(exists=True, file_okay=False))(fn)
+
+
+_seed = click.option("--seed", default=0, show_default=True, help="Seed of the 50/25/25 split by image.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Convert a challenge download (RAW_DIR) into a dataset folder (OUT_DATASET), written atomically."""
+
+
+@main.command()
+@_common
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Target microns per pixel for photos and slides [default: 16 x 0.467 = 7.47, the WSIs' level 2].",
+)
+@click.option(
+    "--parta-downscale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Shrink part A photos by this factor instead of mpp / 0.42 (16 = the paper).",
+)
+@click.option("--wsi", callback=_names, help="Comma-separated WSIs to import, e.g. A01,A06,A08 [default: all].")
+@click.option("--train-wsi", callback=_names, help="WSIs for the train split [default: A01,A06,A08 as imported].")
+@click.option("--test-wsi", callback=_names, help="WSIs for the test split [default: none]; the rest is val.")
+@click.option(
+    "--piece-size",
+    type=click.IntRange(min=16),
+    default=2048,
+    show_default=True,
+    help="Largest side of the images cut from a WSI.",
+)
+@click.option(
+    "--slide-mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Microns per level-0 pixel, for slides whose metadata lacks it.",
+)
+@handle_errors
+def bach(
+    raw_dir, out_dataset, overwrite, quiet, mpp, parta_downscale, wsi, train_wsi, test_wsi, piece_size, slide_mpp
+) -> None:
+    """ICIAR 2018 BACH photos and annotated WSIs.
+
+    RAW_DIR holds Photos/{Normal,Benign,InSitu,Invasive}/*.tif (part A: image labels -> labeled/) and
+    WSI/NAME.svs + NAME.xml (part B: polygons -> images/ + masks/, cut into pieces), or is the folder
+    above ICIAR2018_BACH_Challenge/.
+    """
+    from segcls.prepare.bach import DEFAULT_MPP, prepare_bach
+
+    summary = prepare_bach(
+        raw_dir,
+        out_dataset,
+        mpp=mpp or DEFAULT_MPP,
+        parta_downscale=parta_downscale,
+        wsi=wsi,
+        train_wsi=train_wsi,
+        test_wsi=test_wsi or (),
+        piece_size=piece_size,
+        slide_mpp_override=slide_mpp,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    click.echo(str(summary))
+
+
+@main.command()
+@_common
+@click.option(
+    "--size",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="Longest side of the resized cores (0 = keep).",
+)
+@click.option(
+    "--ties",
+    type=click.Choice(["unlabelled", "higher"]),
+    default="unlabelled",
+    show_default=True,
+    help="A pixel the pathologists split evenly on: unlabelled (255) or the higher grade.",
+)
+@_seed
+@handle_errors
+def gleason2019(raw_dir, out_dataset, overwrite, quiet, size, ties, seed) -> None:
+    """Gleason2019 TMA cores with majority-vote masks.
+
+    RAW_DIR holds 'Train Imgs/*.jpg' and Maps1_T/ .. Maps6_T/ with NAME_classimg_nonconvex.png maps.
+    """
+    from segcls.prepare.gleason2019 import prepare_gleason2019
+
+    summary = prepare_gleason2019(
+        raw_dir, out_dataset, size=size, ties=ties, seed=seed, overwrite=overwrite, progress=not quiet
+    )
+    click.echo(str(summary))
+
+
+@main.command()
+@_common
+@click.option(
+    "--size",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="Resize every image to SIZE x SIZE, as the paper (0 = keep).",
+)
+@_seed
+@handle_errors
+def digestpath2019(raw_dir, out_dataset, overwrite, quiet, size, seed) -> None:
+    """DigestPath2019 tissue segmentation, benign / malignant.
+
+    RAW_DIR holds tissue-train-pos-v1/ (NAME.jpg + NAME_mask.jpg) and tissue-train-neg/ (NAME.jpg).
+    """
+    from segcls.prepare.digestpath2019 import prepare_digestpath2019
+
+    summary = prepare_digestpath2019(
+        raw_dir, out_dataset, size=size, seed=seed, overwrite=overwrite, progress=not quiet
+    )
+    click.echo(str(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Does the exported ONNX model compute what the torch model computes? Part of every export.
+
+ONNX Runtime (CPU) runs the file; the FP32 torch `DeployedModel` is the reference, on random pixels and
+on synthetic tissue-like tiles, at two batch sizes and two spatial shapes (one not square, so that a
+swapped H/W or a baked-in size fails). Tolerances, after Polygraphy's `CompareFunc.simple`:
+
+- FP32: probs max |diff| <= 1e-4 and labels agreement >= 99.9 %.
+- FP16: labels agreement >= 99.5 % and class scores |diff| <= 1e-2 * max(1, |score|). 1e-2 absolute is
+  what it means for scores up to 1; beyond that it becomes relative, because FP16 itself cannot do better:
+  the spacing of FP16 numbers is |x| * 2^-10 (0.0156 at 16), so an absolute 1e-2 on a score of 16 would
+  ask for less than one FP16 ulp. Both figures (absolute and relative) are printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segcls.errors import ExportError
+
+FP32_PROBS_ATOL = 1e-4
+FP32_MIN_AGREEMENT = 0.999
+FP16_MIN_AGREEMENT = 0.995
+FP16_SCORES_TOL = 1e-2
+
+
+def random_images(batch: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+
+
+def tissue_like_images(batch: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """H&E-looking tiles: white background, smooth pink stroma, purple nuclei, a little noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((batch, height, width, 3), np.uint8)
+    for b in range(batch):
+        coarse = rng.random((height // 16 + 2, width // 16 + 2)).astype(np.float32)
+        smooth = np.kron(coarse, np.ones((16, 16), np.float32))[:height, :width]
+        tissue = (smooth > 0.35)[..., None]
+        image = np.where(tissue, [236, 160, 200], [242, 242, 240]).astype(np.float32)
+        image += (smooth[..., None] - 0.5) * [-30, -50, -20]
+        for cy, cx, r in zip(rng.uniform(0, height, 40), rng.uniform(0, width, 40), rng.uniform(2, 6, 40), strict=True):
+            nucleus = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None] & tissue
+            image = np.where(nucleus, [90, 50, 140], image)
+        image += rng.normal(0, 6, image.shape)
+        out[b] = np.clip(image, 0, 255).astype(np.uint8)
+    return out
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    limit: float
+    higher_is_better: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+    def __str__(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        return f"{self.name} {self.value:.3g} ({'ok' if self.passed else 'FAIL'}, needs {op} {self.limit:g})"
+
+
+@dataclass
+class VerificationReport:
+    precision: str
+    figures: list[Figure] = field(default_factory=list)
+    info: dict[str, float] = field(default_factory=dict)  # reported, not judged
+    cases: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(f.passed for f in self.figures)
+
+    def summary(self) -> str:
+        judged = "; ".join(str(f) for f in self.figures)
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in self.info.items())
+        cases = f"{self.precision}, ONNX Runtime CPU vs torch FP32, {len(self.cases)} cases"
+        return f"verification ({cases}): {judged}; {shown}"
+
+    def raise_if_failed(self, path: str | Path) -> None:
+        if not self.passed:
+            failed = "; ".join(str(f) for f in self.figures if not f.passed)
+            raise ExportError(f"{path} failed verification: {failed}")
+
+
+def verify_onnx(
+    onnx_path: str | Path,
+    reference,
+    precision: str,
+    size: int = 256,
+    batches: tuple[int, int] = (1, 3),
+    seed: int = 0,
+    progress: bool = False,
+) -> VerificationReport:
+    """Compare ONNX Runtime on `onnx_path` with `reference` (the FP32 torch `DeployedModel`)."""
+    import onnxruntime as ort
+    import torch
+    from tqdm import tqdm
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot load the exported model {onnx_path}: {e}") from None
+    rng = np.random.default_rng(seed)
+    cases = [
+        (kind, batch, size, width) for batch in batches for kind, width in (("random", size), ("tissue", size + 64))
+    ]
+    report = VerificationReport(precision)
+    worst = {"probs": 0.0, "scores": 0.0, "scores_rel": 0.0, "agreement": 1.0}
+    for kind, batch, height, width in tqdm(cases, desc="verify", leave=False, disable=not progress):
+        make = random_images if kind == "random" else tissue_like_images
+        images = make(batch, height, width, rng)
+        with torch.inference_mode():
+            ref = [t.float().numpy() for t in reference(torch.from_numpy(images))]
+        got = session.run(["labels", "probs", "class_scores"], {"image": images})
+        _check_outputs(got, ref, onnx_path)
+        scores_diff = np.abs(got[2].astype(np.float32) - ref[2])
+        worst["probs"] = max(worst["probs"], float(np.abs(got[1].astype(np.float32) - ref[1]).max()))
+        worst["scores"] = max(worst["scores"], float(scores_diff.max()))
+        worst["scores_rel"] = max(worst["scores_rel"], float((scores_diff / np.maximum(1, np.abs(ref[2]))).max()))
+        worst["agreement"] = min(worst["agreement"], float((got[0] == ref[0].astype(np.uint8)).mean()))
+        report.cases.append(f"{kind} {batch}x{height}x{width}")
+    if precision == "fp32":
+        report.figures = [
+            Figure("probs max|diff|", worst["probs"], FP32_PROBS_ATOL),
+            Figure("labels agreement", worst["agreement"], FP32_MIN_AGREEMENT, higher_is_better=True),
+        ]
+        report.info = {"class_scores max|diff|": worst["scores"]}
+    else:
+        report.figures = [
+            Figure("labels agreement", worst["agreement"], FP16_MIN_AGREEMENT, higher_is_better=True),
+            Figure("class_scores max|diff|/max(1,|score|)", worst["scores_rel"], FP16_SCORES_TOL),
+        ]
+        report.info = {"class_scores max|diff|": worst["scores"], "probs max|diff|": worst["probs"]}
+    return report
+
+
+def _check_outputs(got: list[np.ndarray], ref: list[np.ndarray], path) -> None:
+    for name, g, r in zip(("labels", "probs", "class_scores"), got, ref, strict=True):
+        if g.shape != r.shape:
+            raise ExportError(f"{path}: output '{name}' has shape {g.shape}; torch gives {r.shape}")
+    if got[0].dtype != np.uint8:
+        raise ExportError(f"{path}: output 'labels' is {got[0].dtype}, expected uint8")
+
+
+def float32_compute(model) -> list[str]:
+    """Nodes of an ONNX model that compute in float32, apart from the allowed ones.
+
+    Allowed in an FP16 model: `Cast` and `ReduceMax` (torch widens the FP16 logits to float32 before the
+    classification layer's max; a max of exactly representable values is exact, so that costs nothing).
+    """
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.output, *graph.input)}
+    return [
+        f"{node.op_type}:{node.name or node.output[0]}"
+        for node in graph.node
+        if node.op_type not in ("Cast", "ReduceMax")
+        and any(types.get(out) == onnx.TensorProto.FLOAT for out in node.output)
+    ]

@@ -20,7 +20,17 @@ from segcls.errors import SegclsError
 
 PAPER_FRACTIONS = (0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 QUICK_FRACTIONS = (0.0, 0.05, 0.1, 1.0)
-RESULT_FIELDS = ("setting", "seg_fraction", "seed", "macro_f1", "micro_f1", "cls_accuracy", "seg_tiles", "cls_tiles")
+RESULT_FIELDS = (
+    "task",
+    "setting",
+    "fraction",
+    "seed",
+    "macro_f1",
+    "micro_f1",
+    "cls_accuracy",
+    "seg_tiles",
+    "cls_tiles",
+)
 
 
 @dataclass
@@ -30,12 +40,14 @@ class SweepConfig:
     settings: Sequence[str] = ("S", "S+C", "S+C*")
     fractions: Sequence[float] = PAPER_FRACTIONS
     seeds: int = 5
+    task: str = "seg"  # "seg": vary s over S / S+C / S+C*; "cls": vary c over C / S+C / S*+C
     train_options: dict = field(default_factory=dict)  # TrainConfig fields shared by every run
 
 
-def run_dir(out_dir: Path, setting: str, fraction: float, seed: int) -> Path:
+def run_dir(out_dir: Path, task: str, setting: str, fraction: float, seed: int) -> Path:
     slug = setting.replace("*", "star")
-    return out_dir / "runs" / f"{slug}_s{fraction:g}_seed{seed}"
+    letter = "s" if task == "seg" else "c"
+    return out_dir / "runs" / f"{'' if task == 'seg' else 'cls-'}{slug}_{letter}{fraction:g}_seed{seed}"
 
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
@@ -51,29 +63,33 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     grid = [(s, f, seed) for s in config.settings for f in config.fractions for seed in range(config.seeds)]
     base = TrainConfig(dataset=config.dataset, out_dir="", **config.train_options)
     for setting, fraction, seed in tqdm(grid, desc="sweep", disable=not progress):
-        directory = run_dir(out, setting, fraction, seed)
+        directory = run_dir(out, config.task, setting, fraction, seed)
         if (directory / "metrics.json").is_file():
             continue
-        run = replace(base, out_dir=str(directory), setting=setting, seg_fraction=fraction, seed=seed)
+        varied = {"seg_fraction": fraction} if config.task == "seg" else {"cls_fraction": fraction}
+        run = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
         train(run, resume=(directory / "last.pt").is_file(), progress=False)
-    rows = collect_results(out, config.settings, config.fractions, config.seeds)
+    rows = collect_results(out, config.task, config.settings, config.fractions, config.seeds)
     write_results(out, rows)
     return rows
 
 
-def collect_results(out: Path, settings: Sequence[str], fractions: Sequence[float], seeds: int) -> list[dict]:
+def collect_results(
+    out: Path, task: str, settings: Sequence[str], fractions: Sequence[float], seeds: int
+) -> list[dict]:
     rows = []
     for setting in settings:
         for fraction in fractions:
             for seed in range(seeds):
-                path = run_dir(out, setting, fraction, seed) / "metrics.json"
+                path = run_dir(out, task, setting, fraction, seed) / "metrics.json"
                 if not path.is_file():
                     continue
                 m = json.loads(path.read_text())
                 rows.append(
                     {
+                        "task": task,
                         "setting": setting,
-                        "seg_fraction": fraction,
+                        "fraction": fraction,
                         "seed": seed,
                         "macro_f1": m["macro_f1"],
                         "micro_f1": m["micro_f1"],
@@ -90,21 +106,24 @@ def aggregate(rows: list[dict], metric: str) -> dict[tuple[str, float], tuple[fl
     groups: dict[tuple[str, float], list[float]] = {}
     for r in rows:
         if r[metric] is not None:
-            groups.setdefault((r["setting"], float(r["seg_fraction"])), []).append(float(r[metric]))
+            groups.setdefault((r["setting"], float(r["fraction"])), []).append(float(r[metric]))
     return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
 
 
 def summary_markdown(rows: list[dict]) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    fractions = sorted({float(r["seg_fraction"]) for r in rows})
-    lines = ["# Sweep summary", ""]
-    for metric in ("macro_f1", "micro_f1", "cls_accuracy"):
+    fractions = sorted({float(r["fraction"]) for r in rows})
+    task = rows[0]["task"]
+    letter = "s" if task == "seg" else "c"
+    lines = [f"# Sweep summary (task {task}: {letter} = fraction of the {'SEG' if task == 'seg' else 'CLS'} tiles)", ""]
+    for metric in _metrics(task):
         agg = aggregate(rows, metric)
         if not agg:
             continue
-        reference = agg.get(("S", 1.0), (math.nan,))[0]
-        lines += [f"## {metric} (mean +- std over seeds; in brackets: relative to S at s=100%)", ""]
-        lines += ["| s | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+        baseline = "S" if task == "seg" else "C"
+        reference = agg.get((baseline, 1.0), (math.nan,))[0]
+        lines += [f"## {metric} (mean +- std over seeds; in brackets: relative to {baseline} at {letter}=100%)", ""]
+        lines += [f"| {letter} | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
         for f in fractions:
             cells = []
             for s in settings:
@@ -116,8 +135,13 @@ def summary_markdown(rows: list[dict]) -> str:
                 cells.append(f"{100 * mean:.1f} +- {100 * std:.1f}{rel} (n={n})")
             lines.append(f"| {100 * f:g}% | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _claim_lines(aggregate(rows, "macro_f1"), fractions)
+    if task == "seg":
+        lines += _claim_lines(aggregate(rows, "macro_f1"), fractions)
     return "\n".join(lines) + "\n"
+
+
+def _metrics(task: str) -> tuple[str, ...]:
+    return ("macro_f1", "micro_f1", "cls_accuracy") if task == "seg" else ("cls_accuracy", "macro_f1")
 
 
 def _claim_lines(agg: dict, fractions: list[float]) -> list[str]:
@@ -142,8 +166,9 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     settings = list(dict.fromkeys(r["setting"] for r in rows))
+    task = rows[0]["task"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    for ax, metric in zip(axes, ("macro_f1", "micro_f1"), strict=True):
+    for ax, metric in zip(axes, _metrics(task)[:2], strict=True):
         agg = aggregate(rows, metric)
         for s in settings:
             pts = sorted((f, m, sd) for (name, f), (m, sd, _) in agg.items() if name == s)
@@ -151,7 +176,11 @@ def plot(rows: list[dict], path: Path) -> None:
             mean, std = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
             ax.plot(x, 100 * mean, marker="o", label=s)
             ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
-        ax.set(xlabel="segmentation tiles used (%)", ylabel=f"{metric.replace('_', ' ')} (%)", title=metric)
+        ax.set(
+            xlabel=f"{'segmentation' if task == 'seg' else 'classification'} tiles used (%)",
+            ylabel=f"{metric.replace('_', ' ')} (%)",
+            title=metric,
+        )
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()

@@ -30,7 +30,7 @@ from segcls.checkpoint import load_checkpoint, save_checkpoint
 from segcls.data.augment import augment_batch
 from segcls.data.cache import TileSet, build_tileset
 from segcls.data.folder import open_dataset
-from segcls.data.settings import SETTINGS, Selection, select_tiles
+from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS, Selection, select_tiles, select_tiles_cls_task
 from segcls.description import ModelDescription
 from segcls.errors import CheckpointError, SegclsError
 from segcls.evaluate import classification_accuracy, evaluate_images
@@ -38,6 +38,7 @@ from segcls.metrics import IGNORE_INDEX
 from segcls.model import SegClsNet, build_model
 
 MODES = ("two-step", "joint")
+TASKS = ("seg", "cls")
 LOG_FIELDS = (
     "epoch",
     "steps",
@@ -46,6 +47,7 @@ LOG_FIELDS = (
     "cls_loss",
     "val_macro_f1",
     "val_micro_f1",
+    "val_cls_accuracy",
     "tiles_per_s",
     "seconds",
 )
@@ -67,10 +69,17 @@ class TrainConfig:
     pretrained: str | None = None
     mode: str = "two-step"
     steps_per_epoch: int | None = None  # None: one pass over the whole training tile pool
+    task: str = "seg"  # "cls": the reverse experiment, varying the CLS fraction (CLS_TASK_SETTINGS)
+    cls_fraction: float = 1.0  # used by task "cls" only
 
     def validate(self) -> None:
-        if self.setting not in SETTINGS:
-            raise SegclsError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.task not in TASKS:
+            raise SegclsError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        settings = SETTINGS if self.task == "seg" else CLS_TASK_SETTINGS
+        if self.setting not in settings:
+            raise SegclsError(f"{self.task} task settings are {', '.join(settings)}, got {self.setting!r}")
+        if not 0.0 <= self.cls_fraction <= 1.0:
+            raise SegclsError(f"cls fraction must be in [0, 1], got {self.cls_fraction}")
         if self.mode not in MODES:
             raise SegclsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0.0 <= self.seg_fraction <= 1.0:
@@ -135,16 +144,22 @@ class Trainer:
             if not self.dataset.split.get(split):
                 raise SegclsError(f"{config.dataset}: the '{split}' split has no images")
         self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile)
-        self.selection: Selection = select_tiles(self.tiles, config.setting, config.seg_fraction, config.seed)
+        if config.task == "seg":
+            self.selection: Selection = select_tiles(self.tiles, config.setting, config.seg_fraction, config.seed)
+        else:
+            self.selection = select_tiles_cls_task(self.tiles, config.setting, config.cls_fraction, config.seed)
         if self.selection.seg.size == 0 and self.selection.cls.size == 0:
             raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
+        # The classification layer is scored on the validation split's CLS tiles every epoch; the reverse
+        # experiment (task "cls") also selects its best epoch by that accuracy.
+        self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile)
         self.description = ModelDescription(
             classes=self.dataset.classes,
             colors=self.dataset.colors,
             mpp=self.dataset.mpp,
             tile_size=config.tile,
-            setting=config.setting,
-            seg_fraction=config.seg_fraction,
+            setting=config.setting if config.task == "seg" else f"cls:{config.setting}",
+            seg_fraction=config.seg_fraction if config.task == "seg" else None,
         )
         num_classes = self.description.num_classes
         self.steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(self.tiles) / config.batch_size))
@@ -155,7 +170,7 @@ class Trainer:
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.seg_weights, self.cls_weights = self._class_weights(num_classes)
-        self.epoch, self.best_f1, self.log_rows = 0, -1.0, []
+        self.epoch, self.best_score, self.log_rows = 0, -1.0, []
         if resume:
             self._resume()
 
@@ -175,7 +190,8 @@ class Trainer:
         payload = load_checkpoint(last)
         saved = payload.get("config", {})
         mine = asdict(self.config)
-        keys = ("dataset", "setting", "seg_fraction", "batch_size", "tile", "lr", "seed", "split_seed", "mode")
+        keys = ("dataset", "task", "setting", "seg_fraction", "cls_fraction", "batch_size", "tile", "lr", "seed")
+        keys += ("split_seed", "mode")
         changed = [k for k in keys if str(saved.get(k)) != str(mine[k])]
         if changed:
             raise CheckpointError(f"{last} was trained with other settings ({', '.join(changed)}): cannot resume")
@@ -184,7 +200,7 @@ class Trainer:
         if "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         self.epoch = int(payload["epoch"])
-        self.best_f1 = float(payload["best_f1"])
+        self.best_score = float(payload["best_score"])
         self.log_rows = list(payload.get("log", []))
 
     # -- one epoch ---------------------------------------------------------------------------------
@@ -269,20 +285,23 @@ class Trainer:
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
             val = evaluate_images(self.model, self.dataset, self.dataset.split["val"], self.description, self.device)
+            val_acc = classification_accuracy(self.model, self.val_tiles, self.description, self.device)
             self.epoch += 1
             row = {**stats, "epoch": self.epoch, "steps": self.epoch * self.steps_per_epoch}
-            row.update(val_macro_f1=float(val.macro_f1), val_micro_f1=float(val.micro_f1))
+            row.update(val_macro_f1=float(val.macro_f1), val_micro_f1=float(val.micro_f1), val_cls_accuracy=val_acc)
             self.log_rows.append({k: row[k] for k in LOG_FIELDS})
-            improved = val.macro_f1 > self.best_f1
+            score = val.macro_f1 if cfg.task == "seg" else (val_acc or 0.0)
+            improved = score > self.best_score
             if improved:
-                self.best_f1 = float(val.macro_f1)
+                self.best_score = float(score)
                 self._save("best.pt")
             self._save("last.pt")
             self._write_log()
             if self.progress:
                 tqdm.write(
                     f"epoch {self.epoch}/{cfg.epochs}: loss {stats['loss']:.4f} val macro F1 {val.macro_f1:.4f} "
-                    f"micro F1 {val.micro_f1:.4f} ({stats['tiles_per_s']:.1f} tiles/s){' *' if improved else ''}"
+                    f"micro F1 {val.micro_f1:.4f} cls acc {val_acc or 0:.4f} ({stats['tiles_per_s']:.1f} tiles/s)"
+                    f"{' *' if improved else ''}"
                 )
         return self.finish()
 
@@ -293,7 +312,7 @@ class Trainer:
             self.description,
             config=asdict(self.config),
             epoch=self.epoch,
-            best_f1=self.best_f1,
+            best_score=self.best_score,
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
             log=self.log_rows,
@@ -318,7 +337,7 @@ class Trainer:
             **scores.to_dict(self.description.classes),
             "split": split,
             "cls_accuracy": classification_accuracy(model, test_tiles, self.description, self.device),
-            "best_val_macro_f1": self.best_f1,
+            "best_val_score": self.best_score,  # macro F1 (task seg) or cls accuracy (task cls)
             "train_tiles": {"seg": int(self.selection.seg.size), "cls": int(self.selection.cls.size)},
             "tiles_per_s": float(np.mean([r["tiles_per_s"] for r in self.log_rows])) if self.log_rows else None,
             "config": asdict(self.config),

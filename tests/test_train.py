@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _data_helpers import write_dataset
+from _train_helpers import colour_dataset
 from click.testing import CliRunner
 
 from segcls.checkpoint import load_checkpoint, load_model
@@ -11,32 +11,10 @@ from segcls.cli.evaluate import main as eval_main
 from segcls.cli.train import main as train_main
 from segcls.train import TrainConfig, Trainer, class_weights, train
 
-COLOURS = np.array([[200, 80, 80], [80, 200, 80], [80, 80, 200]], np.uint8)
-
-
-def _colour_dataset(root, n_images=8, size=128, seed=0):
-    """3 classes told apart by colour, in blocks and stripes, so a short CPU run can learn them."""
-    rng = np.random.default_rng(seed)
-    pairs = {}
-    for i in range(n_images):
-        mask = np.zeros((size, size), np.uint8)
-        for by in range(0, size, 32):
-            for bx in range(0, size, 32):
-                a, b = rng.choice(3, 2, replace=False)
-                block = mask[by : by + 32, bx : bx + 32]
-                block[:] = a
-                if rng.random() < 0.5:  # a two-class tile
-                    block[:, rng.integers(8, 24) :] = b
-        image = COLOURS[mask].astype(np.int16) + rng.integers(-30, 30, (size, size, 3))
-        pairs[f"img{i}"] = (np.clip(image, 0, 255).astype(np.uint8), mask)
-    names = sorted(pairs)
-    split = {"train": names[:4], "val": names[4:6], "test": names[6:]}
-    return write_dataset(root, pairs, classes=("red", "green", "blue"), split=split, mpp=2.0)
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return _colour_dataset(tmp_path_factory.mktemp("ds") / "colours")
+    return colour_dataset(tmp_path_factory.mktemp("ds") / "colours")
 
 
 def _config(dataset, out, **kw):
@@ -128,7 +106,7 @@ def test_cli_train_and_eval(dataset, tmp_path):
     ],
 )
 def test_bad_dataset_is_one_error_line_exit_2(tmp_path, breakage, message):
-    root = _colour_dataset(tmp_path / "bad")
+    root = colour_dataset(tmp_path / "bad")
     breakage(root)
     result = CliRunner().invoke(train_main, [str(root), "-o", str(tmp_path / "run"), "--tile", "32", "-q"])
     assert result.exit_code == 2
@@ -139,11 +117,11 @@ def test_bad_dataset_is_one_error_line_exit_2(tmp_path, breakage, message):
 def test_bad_mask_value_and_size_mismatch(tmp_path):
     from PIL import Image
 
-    root = _colour_dataset(tmp_path / "bad")
+    root = colour_dataset(tmp_path / "bad")
     Image.fromarray(np.full((128, 128), 7, np.uint8)).save(root / "masks" / "img1.png")
     result = CliRunner().invoke(train_main, [str(root), "-o", str(tmp_path / "r1"), "--tile", "32", "-q"])
     assert result.exit_code == 2 and "img1" in result.output and "Traceback" not in result.output
-    root = _colour_dataset(tmp_path / "bad2")
+    root = colour_dataset(tmp_path / "bad2")
     Image.fromarray(np.zeros((64, 128), np.uint8)).save(root / "masks" / "img2.png")
     result = CliRunner().invoke(train_main, [str(root), "-o", str(tmp_path / "r2"), "--tile", "32", "-q"])
     assert result.exit_code == 2 and "img2" in result.output

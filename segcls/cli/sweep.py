@@ -23,19 +23,25 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def _settings(text: str) -> tuple[str, ...]:
+def _settings(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in values if v not in ("S", "S+C", "S+C*")]
+    bad = [v for v in values if v not in allowed]
     if bad or not values:
-        raise click.BadParameter(f"settings are S, S+C, S+C*; got {text!r}")
+        raise click.BadParameter(f"settings are {', '.join(allowed)}; got {text!r}", param_hint="--settings")
     return values
 
 
 @click.command(context_settings={"show_default": True})
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Sweep folder.")
-@click.option("--settings", default="S,S+C,S+C*", help="Comma-separated settings.")
-@click.option("--fractions", default=None, help="Comma-separated s in [0, 1]. Default: the paper's 14 values.")
+@click.option(
+    "--task",
+    type=click.Choice(["seg", "cls"]),
+    default="seg",
+    help="seg: vary s over S,S+C,S+C* (macro F1); cls: vary c over C,S+C,S*+C (classification accuracy).",
+)
+@click.option("--settings", default=None, help="Comma-separated settings. Default: all of the task's.")
+@click.option("--fractions", default=None, help="Comma-separated s (or c) in [0, 1]. Default: the paper's 14.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per (setting, fraction). Default 5.")
 @click.option("--quick", is_flag=True, help=f"Preset for CPU: s in 0,5,10,100 %, {QUICK}.")
 @training_options
@@ -44,7 +50,8 @@ def _settings(text: str) -> tuple[str, ...]:
 def main(
     dataset: str,
     out_dir: str,
-    settings: str,
+    task: str,
+    settings: str | None,
     fractions: str | None,
     seeds: int | None,
     quick: bool,
@@ -53,6 +60,7 @@ def main(
 ) -> None:
     """Train every setting x fraction x seed on DATASET (finished runs are skipped), then write
     results.csv, summary.md and f1_vs_fraction.png into OUT_DIR."""
+    from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS
     from segcls.sweep import PAPER_FRACTIONS, QUICK_FRACTIONS, SweepConfig, run_sweep
 
     ctx = click.get_current_context()
@@ -60,10 +68,12 @@ def main(
         for key, value in QUICK.items():
             if key in train_options and ctx.get_parameter_source(key).name == "DEFAULT":
                 train_options[key] = value
+    allowed = SETTINGS if task == "seg" else CLS_TASK_SETTINGS
     config = SweepConfig(
         dataset=dataset,
         out_dir=out_dir,
-        settings=_settings(settings),
+        task=task,
+        settings=_settings(settings, allowed) if settings else allowed,
         fractions=_floats(fractions) if fractions else (QUICK_FRACTIONS if quick else PAPER_FRACTIONS),
         seeds=seeds or (QUICK["seeds"] if quick else 5),
         train_options=train_options,

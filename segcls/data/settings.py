@@ -23,6 +23,9 @@ from segcls.data.cache import TileSet
 from segcls.data.tiles import CLS, SEG
 
 SETTINGS = ("S", "S+C", "S+C*")
+# The reverse question (does segmentation help classification?): a fraction c of the CLS tiles, with
+# no SEG tiles (C), the (1 - c) complement of the SEG tiles (S+C), or all of them (S*+C).
+CLS_TASK_SETTINGS = ("C", "S+C", "S*+C")
 _CHUNK = 512  # SEG tiles read at a time while looking for one tile per class
 
 
@@ -51,6 +54,30 @@ def select_tiles(tileset: TileSet, setting: str, seg_fraction: float, seed: int 
         keep = _count(1 - seg_fraction, len(annotated), math.floor)
         annotated = annotated[cls_rng.permutation(len(annotated))][len(annotated) - keep :]
     cls = np.union1d(annotated, np.flatnonzero(is_cls & labeled))
+    return Selection(seg.astype(np.int64), cls.astype(np.int64))
+
+
+def select_tiles_cls_task(tileset: TileSet, setting: str, cls_fraction: float, seed: int = 0) -> Selection:
+    """Selection for the reverse experiment: CLS tiles are the first ceil(c * N_cls) of a seeded
+    permutation of all CLS tiles (labeled/ included) plus one per class, so c = 0 is defined."""
+    if setting not in CLS_TASK_SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(CLS_TASK_SETTINGS)}, got {setting!r}")
+    if not 0 <= cls_fraction <= 1:
+        raise ValueError(f"cls_fraction must be a fraction in [0, 1] (0.05 for 5%), got {cls_fraction}")
+    seg_rng, cls_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    cls_pool = np.flatnonzero(tileset.kinds == CLS)
+    order = cls_pool[cls_rng.permutation(len(cls_pool))]
+    labels = np.asarray(tileset.labels)[order]
+    _, first = np.unique(labels, return_index=True)  # the first tile of each class in permutation order
+    cls = np.union1d(order[: _count(cls_fraction, len(order), math.ceil)], order[first])
+    seg_pool = np.flatnonzero(tileset.kinds == SEG)
+    if setting == "C":
+        seg = np.empty(0, np.int64)
+    elif setting == "S+C":
+        keep = _count(1 - cls_fraction, len(seg_pool), math.floor)
+        seg = np.sort(seg_pool[seg_rng.permutation(len(seg_pool))][len(seg_pool) - keep :])
+    else:
+        seg = seg_pool
     return Selection(seg.astype(np.int64), cls.astype(np.int64))
 
 

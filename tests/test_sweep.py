@@ -1,0 +1,78 @@
+import csv
+
+import numpy as np
+import pytest
+from _train_helpers import colour_dataset
+from click.testing import CliRunner
+
+import segcls.train
+from segcls.cli.sweep import main as sweep_main
+from segcls.data.settings import select_tiles_cls_task
+from segcls.sweep import summary_markdown
+
+
+def test_sweep_runs_grid_writes_outputs_and_resumes(tmp_path, monkeypatch):
+    dataset = colour_dataset(tmp_path / "ds")
+    args = [str(dataset), "-o", str(tmp_path / "sweep"), "--settings", "S,S+C", "--fractions", "0,1"]
+    args += ["--seeds", "1", "--epochs", "1", "--steps-per-epoch", "2", "--tile", "32", "--batch-size", "8", "-q"]
+    result = CliRunner().invoke(sweep_main, args)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").read_text().splitlines()))
+    assert sorted((r["setting"], float(r["fraction"])) for r in rows) == [("S", 0), ("S", 1), ("S+C", 0), ("S+C", 1)]
+    by_key = {(r["setting"], float(r["fraction"])): r for r in rows}
+    assert int(by_key[("S", 0)]["cls_tiles"]) == 0 and int(by_key[("S+C", 0)]["cls_tiles"]) > 0
+    assert int(by_key[("S+C", 1)]["cls_tiles"]) == 0  # the complement of 100% is empty
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| 100% |" in summary and "S+C vs S" in summary
+    assert (tmp_path / "sweep" / "f1_vs_fraction.png").read_bytes()[:4] == b"\x89PNG"
+
+    def must_not_train(*a, **k):
+        raise AssertionError("finished runs must be skipped")
+
+    monkeypatch.setattr(segcls.train, "train", must_not_train)
+    assert CliRunner().invoke(sweep_main, args).exit_code == 0
+
+
+def test_sweep_rejects_bad_settings_and_fractions(tmp_path):
+    base = [str(tmp_path), "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(sweep_main, [*base, "--settings", "S,X"])
+    assert result.exit_code == 2 and "settings are" in result.output
+    result = CliRunner().invoke(sweep_main, [*base, "--fractions", "0,5"])
+    assert result.exit_code == 2 and "fractions" in result.output
+    result = CliRunner().invoke(sweep_main, [*base, "--task", "cls", "--settings", "S+C*"])
+    assert result.exit_code == 2 and "C, S+C, S*+C" in result.output
+
+
+def _row(setting, fraction, seed, macro):
+    return {"task": "seg", "setting": setting, "fraction": fraction, "seed": seed, "macro_f1": macro,
+            "micro_f1": macro, "cls_accuracy": None, "seg_tiles": 1, "cls_tiles": 1}  # fmt: skip
+
+
+def test_summary_means_stds_and_the_claim():
+    rows = [_row("S", 0.05, 0, 0.30), _row("S", 0.05, 1, 0.34), _row("S+C", 0.05, 0, 0.40),
+            _row("S+C", 0.05, 1, 0.40), _row("S", 1.0, 0, 0.5), _row("S+C", 1.0, 0, 0.5)]  # fmt: skip
+    text = summary_markdown(rows)
+    assert "32.0 +- 2.0 [0.64] (n=2)" in text  # S at 5%: mean .32, std .02, relative to S at 100% = .5
+    assert "S+C vs S: +25.0% relative macro F1 (holds)" in text
+
+
+class _Tiles:
+    """The fields select_tiles_cls_task reads."""
+
+    def __init__(self, kinds, labels):
+        self.kinds, self.labels = np.array(kinds, np.uint8), np.array(labels, np.int16)
+
+
+def test_cls_task_selection_counts_nesting_and_one_per_class():
+    kinds = [1] * 40 + [0] * 20
+    labels = [i % 4 for i in range(40)] + [-1] * 20
+    tiles = _Tiles(kinds, labels)
+    small = select_tiles_cls_task(tiles, "C", 0.1, seed=3)
+    large = select_tiles_cls_task(tiles, "C", 0.5, seed=3)
+    assert small.seg.size == 0 and 4 <= small.cls.size <= 8 and large.cls.size >= 20
+    assert set(small.cls) <= set(large.cls)
+    assert set(np.asarray(labels)[select_tiles_cls_task(tiles, "C", 0.0, seed=3).cls]) == {0, 1, 2, 3}
+    assert select_tiles_cls_task(tiles, "S+C", 0.25, seed=3).seg.size == 15  # the (1 - c) complement
+    assert select_tiles_cls_task(tiles, "S*+C", 0.25, seed=3).seg.size == 20
+    with pytest.raises(ValueError, match="setting"):
+        select_tiles_cls_task(tiles, "S+C*", 0.1)

@@ -1,0 +1,457 @@
+"""Whole-slide images behind one small interface (after openslide-python's `AbstractSlide`).
+
+`open_slide` tries OpenSlide first (Aperio, Hamamatsu, generic tiled TIFF, ...), then tifffile (OME-TIFF,
+strip TIFFs, pyramids stored as SubIFDs), then Pillow (PNG/JPEG). Every reader returns the same thing:
+RGB uint8 arrays in which transparent and out-of-slide pixels are white, so the pipeline never needs
+to know which library read the pixels. A file that cannot be opened or read raises `SlideError`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from segcls.errors import SlideError
+
+# Regions whose level-frame window is larger than this are refused rather than exhausting memory.
+_MAX_REGION_PIXELS = 1 << 30
+# get_thumbnail reads level windows of at most this many pixels per side.
+_THUMBNAIL_CHUNK = 4096
+
+
+# min-is-white, min-is-black, RGB, palette, YCbCr (JPEG-compressed: decoded to RGB by tifffile)
+_PHOTOMETRICS = (0, 1, 2, 3, 6)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one short line for a SlideError message."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
+
+
+def _composite_white(rgba: np.ndarray) -> np.ndarray:
+    """(h, w, 4) RGBA (straight alpha) -> (h, w, 3) RGB over white."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.uint16)
+    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+class Slide(ABC):
+    """A pyramidal image. Coordinates are level-0 pixels; sizes are (width, height)."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self._mpp_override = mpp
+        self.level_dimensions: tuple[tuple[int, int], ...] = ()
+
+    # -- what each reader provides ------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def properties(self) -> MappingProxyType:
+        """Metadata as strings (OpenSlide's property names where OpenSlide read the file)."""
+
+    @abstractmethod
+    def _native_mpp(self) -> float | None:
+        """Microns per level-0 pixel according to the file, or None."""
+
+    @abstractmethod
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of `size` (w, h) at `level`; `location` is the (x, y) of the top left
+        pixel in the level 0 reference frame. Pixels outside the slide are white."""
+
+    def close(self) -> None:  # noqa: B027 - readers without handles need no close
+        """Release the file."""
+
+    # -- shared ---------------------------------------------------------------------------------------
+    @property
+    def mpp(self) -> float | None:
+        """Microns per level-0 pixel: the `mpp` given to `open_slide`, else the file's, else None."""
+        return self._mpp_override if self._mpp_override else self._native_mpp()
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        w0, h0 = self.dimensions
+        return tuple((w0 / w + h0 / h) / 2 for w, h in self.level_dimensions)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The most reduced level whose downsample does not exceed `downsample` (OpenSlide's rule)."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + 1e-6):
+                best = level
+        return best
+
+    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 image of the whole slide fitting in `max_size` (w, h), aspect ratio kept.
+
+        Reads the best level in windows of bounded size and box-filters each, so a slide without a
+        pyramid does not have to fit in memory.
+        """
+        from PIL import Image
+
+        w0, h0 = self.dimensions
+        factor = max(w0 / max_size[0], h0 / max_size[1], 1.0)
+        out_w, out_h = max(1, round(w0 / factor)), max(1, round(h0 / factor))
+        level = self.best_level_for_downsample(factor)
+        lw, lh = self.level_dimensions[level]
+        rx, ry = lw / out_w, lh / out_h  # level pixels per thumbnail pixel
+        step_x = max(1, int(_THUMBNAIL_CHUNK / rx))
+        step_y = max(1, int(_THUMBNAIL_CHUNK / ry))
+        ds_x, ds_y = w0 / lw, h0 / lh
+        thumb = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        for oy in range(0, out_h, step_y):
+            for ox in range(0, out_w, step_x):
+                bw, bh = min(step_x, out_w - ox), min(step_y, out_h - oy)
+                x0, y0 = round(ox * rx), round(oy * ry)
+                x1, y1 = min(lw, round((ox + bw) * rx)), min(lh, round((oy + bh) * ry))
+                location = (round(x0 * ds_x), round(y0 * ds_y))
+                block = self.read_region(location, level, (max(1, x1 - x0), max(1, y1 - y0)))
+                if block.shape[:2] != (bh, bw):
+                    block = np.asarray(Image.fromarray(block).resize((bw, bh), Image.Resampling.BOX))
+                thumb[oy : oy + bh, ox : ox + bw] = block
+        return thumb
+
+    def _check_request(self, level: int, size: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= level < self.level_count:
+            raise SlideError(f"{self.path} has levels 0..{self.level_count - 1}, got level {level}")
+        w, h = (int(v) for v in size)
+        if w <= 0 or h <= 0 or w * h > _MAX_REGION_PIXELS:
+            raise SlideError(f"cannot read a {w} x {h} region from {self.path}")
+        return w, h
+
+    def _padded(
+        self,
+        location: tuple[int, int],
+        level: int,
+        size: tuple[int, int],
+        read: Callable[[int, int, int, int], np.ndarray],
+    ) -> np.ndarray:
+        """Map `location` to `level`'s frame (floor(x / downsample)), read the part inside the level with
+        `read(x, y, w, h)` and pad the rest with white."""
+        w, h = self._check_request(level, size)
+        ds = self.level_downsamples[level]
+        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if (x0, y0, x1, y1) == (lx, ly, lx + w, ly + h):
+            return read(lx, ly, w, h)
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        if x1 > x0 and y1 > y0:
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = read(x0, y0, x1 - x0, y1 - y0)
+        return out
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+class OpenSlideSlide(Slide):
+    """A slide read by OpenSlide; read-time failures (e.g. a truncated file) become `SlideError`."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        import openslide
+
+        super().__init__(path, mpp)
+        self._error = openslide.OpenSlideError
+        try:
+            self._osr = openslide.OpenSlide(str(path))
+        except (openslide.OpenSlideError, OSError) as e:
+            raise SlideError(f"cannot open slide {path}: {_one_line(e)}") from None
+        self.level_dimensions = tuple(self._osr.level_dimensions)
+
+    @property
+    def properties(self) -> MappingProxyType:
+        return MappingProxyType(dict(self._osr.properties))
+
+    def _native_mpp(self) -> float | None:
+        try:
+            mpp = float(self._osr.properties["openslide.mpp-x"])
+        except (KeyError, ValueError):
+            return None
+        return mpp if mpp > 0 else None
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        w, h = self._check_request(level, size)
+        try:
+            region = self._osr.read_region((int(location[0]), int(location[1])), level, (w, h))
+        except self._error as e:
+            where = f"{w} x {h} at {tuple(location)} level {level}"
+            raise SlideError(f"cannot read {where} from {self.path}: {_one_line(e)}") from None
+        return _composite_white(np.asarray(region))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class TiffSlide(Slide):
+    """A TIFF read with tifffile: the first series and its levels (OME SubIFDs, reduced IFDs).
+
+    Regions decode only the tiles or strips they touch; a page stored as one strip (or uncompressed
+    with huge strips) is decoded whole for each read that touches it. Leading axes other than Y, X and
+    samples (channels stored as pages, Z, T) are not supported beyond their first plane.
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        import tifffile
+
+        super().__init__(path, mpp)
+        try:
+            self._tif = tifffile.TiffFile(str(path))
+            if not self._tif.series:
+                self._tif.close()
+                raise SlideError(f"cannot open TIFF {path}: no readable image (truncated or corrupt file)")
+            series = self._tif.series[0]
+            self._pages = [level.keyframe for level in series.levels]
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as e:
+            raise SlideError(f"cannot open TIFF {path}: {_one_line(e)}") from None
+        for page in self._pages:
+            photometric = int(page.photometric)
+            if (
+                page.imagedepth != 1
+                or page.dtype not in (np.uint8, np.uint16)
+                or page.samplesperpixel > 4
+                or photometric not in _PHOTOMETRICS
+            ):
+                self._tif.close()
+                raise SlideError(
+                    f"{path}: expected 8- or 16-bit gray/RGB(A)/palette TIFF levels, found {page.dtype}, "
+                    f"{page.samplesperpixel} samples, photometric {photometric}"
+                )
+        self.level_dimensions = tuple((p.imagewidth, p.imagelength) for p in self._pages)
+        self._lock = threading.Lock()
+
+    @property
+    def properties(self) -> MappingProxyType:
+        page = self._pages[0]
+        props = {"segcls.reader": "tifffile"}
+        for tag in page.tags.values():
+            if isinstance(tag.value, str | int | float) and len(str(tag.value)) < 10_000:
+                props[f"tiff.{tag.name}"] = str(tag.value)
+        return MappingProxyType(props)
+
+    def _native_mpp(self) -> float | None:
+        if self._tif.is_ome:
+            mpp = _ome_mpp(self._tif.ome_metadata or "")
+            if mpp:
+                return mpp
+        page = self._pages[0]
+        microns_per_unit = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}.get(int(page.resolutionunit))
+        xres = page.resolution[0]
+        if microns_per_unit and xres > 0:
+            return microns_per_unit / xres
+        return None
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        page = self._pages[level]
+        return self._padded(location, level, size, lambda x, y, w, h: self._read_page(page, x, y, w, h))
+
+    def _read_page(self, page, x: int, y: int, w: int, h: int) -> np.ndarray:
+        import tifffile
+
+        samples = page.samplesperpixel
+        out = np.zeros((samples, h, w), dtype=page.dtype) if page.planarconfig == 2 else None
+        contig = None if out is not None else np.zeros((h, w, samples), dtype=page.dtype)
+        try:
+            for index in _segments(page, x, y, w, h):
+                offset, count = page.dataoffsets[index], page.databytecounts[index]
+                with self._lock:
+                    self._tif.filehandle.seek(offset)
+                    data = self._tif.filehandle.read(count) if count else None
+                segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
+                if segment is None:
+                    continue
+                segment = segment[0]  # (length, width, contig samples)
+                ys, xs = max(y, sy), max(x, sx)
+                ye, xe = min(y + h, sy + segment.shape[0]), min(x + w, sx + segment.shape[1])
+                if ye <= ys or xe <= xs:
+                    continue
+                part = segment[ys - sy : ye - sy, xs - sx : xe - sx]
+                if out is not None:
+                    out[s, ys - y : ye - y, xs - x : xe - x] = part[..., 0]
+                else:
+                    contig[ys - y : ye - y, xs - x : xe - x] = part
+        except (tifffile.TiffFileError, ValueError, NotImplementedError, RuntimeError, OSError) as e:
+            raise SlideError(f"cannot read {w} x {h} at ({x}, {y}) from {self.path}: {_one_line(e)}") from None
+        except Exception as e:  # imagecodecs raises its own error types per codec
+            if type(e).__module__.startswith("imagecodecs"):
+                raise SlideError(f"cannot decode {self.path}: {_one_line(e)}") from None
+            raise
+        pixels = np.moveaxis(out, 0, -1) if out is not None else contig
+        return _to_rgb(pixels, page)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def _segments(page, x: int, y: int, w: int, h: int) -> list[int]:
+    """Indices into the page's offsets of the tiles/strips overlapping the window."""
+    planes = page.samplesperpixel if page.planarconfig == 2 else 1
+    if page.is_tiled:
+        tw, tl = page.tilewidth, page.tilelength
+        across, down = -(-page.imagewidth // tw), -(-page.imagelength // tl)
+        cells = [
+            ty * across + tx
+            for ty in range(y // tl, (y + h - 1) // tl + 1)
+            for tx in range(x // tw, (x + w - 1) // tw + 1)
+        ]
+        per_plane = across * down
+    else:
+        rows = page.rowsperstrip or page.imagelength
+        cells = list(range(y // rows, (y + h - 1) // rows + 1))
+        per_plane = -(-page.imagelength // rows)
+    return [p * per_plane + c for p in range(planes) for c in cells]
+
+
+def _to_rgb(pixels: np.ndarray, page) -> np.ndarray:
+    """Decoded samples (h, w, s) of any supported photometric -> RGB uint8 over white."""
+    photometric = int(page.photometric)
+    if photometric == 3:  # palette
+        lut = (np.asarray(page.colormap).T >> 8).astype(np.uint8)
+        return lut[pixels[..., 0]]
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    if photometric == 0:  # min-is-white
+        pixels = 255 - pixels
+    samples = pixels.shape[-1]
+    if samples in (1, 2):
+        gray = np.repeat(pixels[..., :1], 3, axis=-1)
+        return _composite_white(np.concatenate([gray, pixels[..., 1:2]], -1)) if samples == 2 else gray
+    if samples == 4:
+        return _composite_white(pixels)
+    return np.ascontiguousarray(pixels)
+
+
+_UNIT_MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+
+
+def _ome_mpp(xml: str) -> float | None:
+    """PhysicalSizeX of the first OME Pixels element, in microns."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        pixels = ET.fromstring(xml).find(".//{*}Pixels")
+    except ET.ParseError:
+        return None
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+        return None
+    scale = _UNIT_MICRONS.get(pixels.attrib.get("PhysicalSizeXUnit", "µm"))
+    try:
+        size = float(pixels.attrib["PhysicalSizeX"])
+    except ValueError:
+        return None
+    return size * scale if scale and size > 0 else None
+
+
+class ImageSlide(Slide):
+    """A PNG/JPEG (or other Pillow image) held in memory as one level; meant for small images."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        from PIL import Image
+
+        super().__init__(path, mpp)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                self._info = {k: str(v) for k, v in image.info.items() if isinstance(v, str | int | float)}
+                rgba = image.convert("RGBA")
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise SlideError(f"cannot open image {path}: {_one_line(e)}") from None
+        self._pixels = _composite_white(np.asarray(rgba))
+        self.level_dimensions = ((rgba.width, rgba.height),)
+
+    @property
+    def properties(self) -> MappingProxyType:
+        return MappingProxyType({"segcls.reader": "pillow", **self._info})
+
+    def _native_mpp(self) -> float | None:
+        return None  # PNG/JPEG resolution fields are display DPI, not the scan's
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        return self._padded(location, level, size, lambda x, y, w, h: self._pixels[y : y + h, x : x + w].copy())
+
+
+def _tifffile_sees_more(path: Path, openslide_levels: int) -> bool:
+    """OME-TIFF, or a pyramid OpenSlide's generic TIFF reader misses (SubIFDs): tifffile reads it better."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            return bool(tif.is_ome) or len(tif.series[0].levels) > openslide_levels
+    except Exception:  # tifffile cannot parse it: OpenSlide could, keep that
+        return False
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image or a plain image with the first reader that understands it.
+
+    `mpp` (microns per level-0 pixel) overrides what the file says. Opening reads the first and last
+    pixel of level 0, so a truncated or corrupt file fails here with a `SlideError`, not mid-run.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"slide not found: {path}")
+    if not path.is_file():
+        raise SlideError(f"expected a slide file, got a directory: {path}")
+    if mpp is not None and not mpp > 0:
+        raise SlideError(f"mpp must be > 0, got {mpp} for {path}")
+    slide = _open(path, mpp)
+    try:
+        w, h = slide.dimensions
+        if w <= 0 or h <= 0:
+            raise SlideError(f"{path} has an empty level 0 ({w} x {h})")
+        slide.read_region((0, 0), 0, (1, 1))
+        slide.read_region((w - 1, h - 1), 0, (1, 1))
+        if slide.level_count > 1:
+            slide.read_region((0, 0), slide.level_count - 1, (1, 1))
+    except BaseException:
+        slide.close()
+        raise
+    return slide
+
+
+def _open(path: Path, mpp: float | None) -> Slide:
+    import openslide
+
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except (openslide.OpenSlideError, OSError):
+        vendor = None
+    if vendor is not None:
+        slide = OpenSlideSlide(path, mpp)
+        if vendor != "generic-tiff" or not _tifffile_sees_more(path, slide.level_count):
+            return slide
+        slide.close()
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return TiffSlide(path, mpp)
+    from PIL import Image
+
+    try:
+        Image.open(path).close()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise SlideError(
+            f"cannot open {path}: not a slide or image that OpenSlide, tifffile or Pillow can read"
+        ) from None
+    return ImageSlide(path, mpp)

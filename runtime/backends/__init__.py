@@ -1,1 +1,54 @@
-"""Inference backends: one file each, one interface (base.py)."""
+"""Inference backends: one file each, one interface (base.py).
+
+The model file decides the backend family (.onnx -> ONNX Runtime, .engine/.plan -> TensorRT, .pt/.pth
+training checkpoint -> PyTorch); within it, the backend uses the fastest device that really runs here and
+says which through `Backend.device`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segcls.errors import ModelError, SegclsError
+from segcls.runtime.backends.base import Backend, BackendOutput
+from segcls.runtime.model_info import ENGINE_SUFFIXES
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+_BY_SUFFIX = {".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch"} | dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")
+
+__all__ = ["BACKENDS", "Backend", "BackendOutput", "backend_for", "open_backend"]
+
+
+def backend_for(model_path: str | Path) -> str:
+    """The backend that runs this model file, from its suffix."""
+    suffix = Path(model_path).suffix.lower()
+    if suffix not in _BY_SUFFIX:
+        raise ModelError(
+            f"cannot tell what kind of model {model_path} is: expected .onnx (ONNX Runtime), "
+            f"{'/'.join(ENGINE_SUFFIXES)} (TensorRT) or .pt/.pth (training checkpoint)"
+        )
+    return _BY_SUFFIX[suffix]
+
+
+def open_backend(model_path: str | Path, backend: str = "auto", **kwargs) -> Backend:
+    """A loaded backend for `model_path`; `backend` "auto" picks it from the file type.
+
+    Extra keyword arguments go to the backend's constructor (e.g. `threads` for ONNX Runtime).
+    """
+    if backend not in BACKENDS:
+        raise SegclsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise ModelError(f"model not found: {model_path}")
+    kind = backend_for(model_path)
+    if backend != "auto" and backend != kind:
+        raise ModelError(f"the {backend} backend cannot run {model_path}: a {model_path.suffix} file needs {kind}")
+    if kind == "onnxruntime":
+        from segcls.runtime.backends.onnxruntime import OnnxRuntimeBackend as cls
+    elif kind == "tensorrt":
+        from segcls.runtime.backends.tensorrt import TensorRTBackend as cls
+    else:
+        from segcls.runtime.backends.torch import TorchBackend as cls
+    instance = cls(model_path, **kwargs)
+    instance.load()
+    return instance

@@ -45,7 +45,8 @@ class Backend(ABC):
         return "cpu"
 
     def __enter__(self) -> Backend:
-        self.load()
+        if self.description is None:  # `with open_backend(...)` gets a backend that is loaded already
+            self.load()
         return self
 
     def __exit__(self, *exc) -> None:

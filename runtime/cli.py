@@ -1,0 +1,195 @@
+"""segcls-infer: segment whole-slide images with an exported model (a thin layer over `infer_slide`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import sys
+from pathlib import Path
+
+import click
+
+from segcls.cli._common import handle_errors
+from segcls.errors import SegclsError
+from segcls.runtime.backends import BACKENDS
+from segcls.runtime.stitch import STITCH_MODES
+
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
+    ".png", ".jpg", ".jpeg",
+}  # fmt: skip
+# Optional outputs: option name -> file suffix beside the mask.
+EXTRA_OUTPUTS = {
+    "overlay": ".overlay.png",
+    "geojson": ".geojson",
+    "probs": ".probs.npy",
+    "summary": ".summary.json",
+}
+AUTO = "-"  # the value of a bare `--overlay`: name it after the mask
+
+
+def expand_slides(args: tuple[str, ...]) -> tuple[list[Path], bool]:
+    """Files, folders (their slide files) and globs -> (slides, whether OUT is a folder)."""
+    slides: list[Path] = []
+    many = len(args) > 1
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            if not found:
+                raise SegclsError(f"no slide files in folder {path}")
+            slides += found
+            many = True
+        elif not path.exists() and glob.has_magic(arg):
+            found = sorted(Path(p) for p in glob.glob(arg))
+            if not found:
+                raise SegclsError(f"no files match {arg}")
+            slides += found
+            many = True
+        else:
+            slides.append(path)  # a missing file is reported when its turn comes
+    names = [s.stem for s in slides]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if many and duplicates:
+        raise SegclsError(f"several slides are named {duplicates[0]}: their outputs would collide in one folder")
+    return slides, many
+
+
+def stem(mask: Path) -> Path:
+    """`out/NAME.mask.tif` -> `out/NAME`: where the optional outputs of a mask go."""
+    name = mask.name
+    for suffix in (".tiff", ".tif"):
+        name = name.removesuffix(suffix)
+    return mask.with_name(name.removesuffix(".mask"))
+
+
+def plan_outputs(slide: Path, out: Path, many: bool, extras: dict[str, str | None]) -> dict[str, Path]:
+    """The mask path and each requested optional output for one slide."""
+    mask = out / f"{slide.stem}.mask.tif" if many else out
+    paths = {}
+    for kind, value in extras.items():
+        if value is None:
+            continue
+        if value == AUTO:
+            paths[kind] = Path(f"{stem(mask)}{EXTRA_OUTPUTS[kind]}")
+        elif many:  # a folder for every slide's file of that kind
+            paths[kind] = Path(value) / f"{slide.stem}{EXTRA_OUTPUTS[kind]}"
+        else:
+            paths[kind] = Path(value)
+    return {**paths, "mask": mask}
+
+
+def _extra_option(kind: str, what: str):
+    return click.option(
+        f"--{kind}",
+        is_flag=False,
+        flag_value=AUTO,
+        default=None,
+        metavar="PATH",
+        help=f"Also write {what}. Bare: next to the mask as NAME{EXTRA_OUTPUTS[kind]}; with several slides "
+        "PATH is a folder.",
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("slides", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Mask file (one slide) or folder (several slides, a folder or a glob).",
+)
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Exported .onnx, TensorRT .engine (+ its .json sidecar) or training checkpoint .pt.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto: the backend for the model file, on the fastest device that really runs here.",
+)
+@click.option("--batch", default=4, show_default=True, help="Tiles per inference call.")
+@click.option("--tile", default=1024, show_default=True, help="Tile side at the read resolution, px (x16).")
+@click.option("--overlap", default=64, show_default=True, help="Context on each side of a tile, px (x16).")
+@click.option(
+    "--stitch",
+    type=click.Choice(STITCH_MODES),
+    default="crop",
+    show_default=True,
+    help="crop: each pixel from the one tile whose centre holds it; blend: smooth average.",
+)
+@click.option("--mpp", type=float, help="Read at this resolution, um/px [default: the model's training mpp].")
+@click.option("--slide-mpp", type=float, help="The slide's level-0 um/px, for slides that lack it or lie.")
+@click.option("--level", type=int, help="Read this pyramid level as is (no resampling; mpp may be unknown).")
+@click.option("--out-mpp", type=float, help="Mask resolution, um/px [default: the slide's level 0].")
+@click.option(
+    "--tissue",
+    default="auto",
+    show_default=True,
+    metavar="auto|none|PATH",
+    help="Tissue detection on a thumbnail, every tile, or a mask image (nonzero = tissue).",
+)
+@_extra_option("overlay", "a thumbnail PNG with the labels drawn over it")
+@_extra_option("geojson", "the regions as QuPath GeoJSON (level-0 px)")
+@_extra_option("probs", "class probabilities at stride 8, float16 (C, H/8, W/8) .npy")
+@_extra_option("summary", "a JSON summary (areas, slide class, timings)")
+@click.option("--workers", default=2, show_default=True, help="Tile reader threads.")
+@click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@handle_errors
+def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options) -> None:
+    """Segment SLIDE... and write NAME.mask.tif pyramids (+ the optional outputs).
+
+    With one slide OUT is the mask file; with several (or a folder or glob) OUT is a folder.
+    """
+    from segcls.runtime.backends import open_backend
+    from segcls.runtime.pipeline import InferOptions, infer_slide, result_line
+
+    paths, many = expand_slides(slides)
+    extras = {k: options.pop(k) for k in EXTRA_OUTPUTS}
+    opts = InferOptions(progress=not quiet, **options)
+    if many:
+        out.mkdir(parents=True, exist_ok=True)
+        for value in extras.values():
+            if value not in (None, AUTO):
+                Path(value).mkdir(parents=True, exist_ok=True)
+    plans = [(slide, plan_outputs(slide, out, many, extras)) for slide in paths]
+    todo = [(s, o) for s, o in plans if overwrite or not all(p.exists() for p in o.values())]
+    for slide, outputs in plans:
+        if (slide, outputs) not in todo:
+            click.echo(f"{slide.name}: done already ({outputs['mask']}); --overwrite to redo", err=True)
+    if not todo:
+        return
+
+    backend = open_backend(model, opts.backend)
+    click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
+    failed = []
+    try:
+        for slide, outputs in todo:
+            extra = {k: v for k, v in outputs.items() if k != "mask"}
+            slide_opts = dataclasses.replace(opts, **{**dict.fromkeys(EXTRA_OUTPUTS), **extra})
+            if not many:
+                result = infer_slide(slide, backend, outputs["mask"], slide_opts)
+                click.echo(result_line(result))
+                continue
+            try:
+                result = infer_slide(slide, backend, outputs["mask"], slide_opts)
+            except SegclsError as e:
+                failed.append(slide)
+                click.echo(f"Error: {slide}: {e}", err=True)
+            except Exception as e:  # one broken slide must not stop a batch run; say what broke
+                failed.append(slide)
+                click.echo(f"Error: {slide}: {type(e).__name__}: {e}", err=True)
+            else:
+                click.echo(result_line(result))
+    finally:
+        backend.close()
+    if failed:
+        click.echo(f"{len(failed)} of {len(todo)} slides failed.", err=True)
+        sys.exit(1)

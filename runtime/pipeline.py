@@ -1,0 +1,341 @@
+"""One slide in, a label mask (and optional overlay, GeoJSON, probabilities, summary) out.
+
+    thumbnail -> tissue mask -> tiles with tissue (row-major)
+    reader threads: read + resample tiles into batches, at most `workers + prefetch` batches ahead
+    main thread: backend.infer(batch) -> stitcher (stride-8 label map) -> outputs
+
+Memory bound. Besides the model, peak memory is
+    the uint8 label map, (H/8) x (W/8) bytes of the read frame (156 MB for a 200k x 200k slide at
+    0.25 mpp read at 0.5 mpp; 255 = not tissue)
+    + batches read ahead or being read: (workers + prefetch + 1) x batch x tile^2 x 3 bytes
+      (+ one batch of network outputs)
+    + per reader thread, while resampling, the level region under one tile: (tile x scale / level
+      downsample)^2 x 7 bytes (RGBA from OpenSlide + RGB), e.g. 112 MB for a 1024 tile read 4x finer
+    + blend only: a band of float32 accumulators, (C + 1) x tile/8 x W/8 x 4 bytes
+    + the tissue thumbnail (<= 2048^2) and, while writing, a few mask tiles.
+Probabilities (`probs`) go to a float16 memmap on disk, so they cost page cache, not heap. No float map of
+the whole slide is ever held. Measured on 2 CPU cores: a 20k x 20k slide with a trivial backend grows
+peak RSS by 78-95 MB (tests/test_pipeline.py); a 16k x 16k OpenSlide pyramid read at 2 um/px through
+ONNX Runtime (tiles of 1024, batch 4) peaks at 648 MB, ~510 MB of which is ONNX Runtime itself.
+
+Every output is written under a temporary name and renamed when complete, the mask only after inference
+and the overlay and GeoJSON, so Ctrl-C or an error leaves no mask (and no partial file of any kind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segcls.atomic import atomic_path
+from segcls.description import ModelDescription
+from segcls.errors import ModelError, SegclsError, SlideError
+from segcls.runtime.backends import Backend, open_backend
+from segcls.runtime.stitch import STITCH_MODES, make_stitcher
+from segcls.runtime.tiling import ReadPlan, Tile, TileGrid, plan_read, read_tile, tissue_in_box
+
+THUMBNAIL_SIZE = 2048
+
+
+@dataclass
+class InferOptions:
+    """What `segcls-infer` options set; paths of optional outputs are None when not wanted."""
+
+    backend: str = "auto"
+    batch: int = 4
+    tile: int = 1024  # read-frame px, context included
+    overlap: int = 64  # read-frame px of context on each side, multiple of 16
+    stitch: str = "crop"  # crop | blend
+    mpp: float | None = None  # target resolution; default the model's training mpp
+    slide_mpp: float | None = None  # overrides the slide's own mpp
+    level: int | None = None  # read this level as is (no resampling)
+    out_mpp: float | None = None  # mask resolution; default the slide's level 0
+    tissue: str | Path = "auto"  # auto | none | mask image path
+    overlay: Path | None = None
+    geojson: Path | None = None
+    probs: Path | None = None
+    summary: Path | None = None
+    workers: int = 2  # reader threads
+    prefetch: int = 1  # batches read ahead beyond one per worker
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stitch not in STITCH_MODES:
+            raise SegclsError(f"--stitch must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
+        for name in ("batch", "workers"):
+            if getattr(self, name) < 1:
+                raise SegclsError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        TileGrid((1, 1), self.tile, self.overlap)  # refuses a bad --tile or --overlap before any work
+        for name in ("mpp", "slide_mpp", "out_mpp"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise SegclsError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+    def outputs(self, mask: Path) -> dict[str, Path]:
+        """Every file this run writes, by kind; the mask last."""
+        extra = {k: getattr(self, k) for k in ("probs", "overlay", "geojson", "summary")}
+        return {k: Path(v) for k, v in extra.items() if v is not None} | {"mask": Path(mask)}
+
+
+@dataclass
+class SlideResult:
+    slide: Path
+    outputs: dict[str, Path]
+    summary: dict = field(repr=False)
+    labels: np.ndarray = field(repr=False)  # the stride-8 label map (uint8, 255 = not tissue)
+
+    @property
+    def mask(self) -> Path:
+        return self.outputs["mask"]
+
+
+def infer_slide(
+    slide_path: str | Path,
+    model: str | Path | Backend,
+    out_path: str | Path,
+    options: InferOptions | None = None,
+) -> SlideResult:
+    """Segment one slide and write its mask to `out_path` (plus the optional outputs in `options`).
+
+    `model` is a model file (opened with `options.backend`, closed afterwards) or a loaded `Backend`
+    (shared across slides). `slide_path` may also be an open `Slide`.
+    """
+    opts = options or InferOptions()
+    outputs = opts.outputs(Path(out_path))
+    for path in outputs.values():
+        _check_writable(path)
+    with contextlib.ExitStack() as stack:
+        if isinstance(model, Backend):
+            backend = model
+            if backend.description is None:
+                backend.load()
+        else:
+            backend = stack.enter_context(_opened(open_backend(model, opts.backend)))
+        slide = slide_path
+        if isinstance(slide_path, (str, Path)):
+            from segcls.runtime.slide import open_slide
+
+            slide = stack.enter_context(open_slide(slide_path, mpp=opts.slide_mpp))
+        return _run(slide, backend, outputs, opts, stack)
+
+
+@contextlib.contextmanager
+def _opened(backend: Backend):
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before hours of inference, not after: the folder must exist and accept a file."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise SegclsError(f"output folder does not exist: {parent} (for {path.name})")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise SegclsError(f"cannot write to {parent}: {e.strerror}") from None
+
+
+def _target_mpp(description: ModelDescription, opts: InferOptions) -> float | None:
+    if opts.level is not None or opts.mpp is not None:
+        return opts.mpp
+    if description.mpp is None:
+        raise ModelError("the model does not record the mpp it was trained at: pass --mpp X or --level L")
+    return description.mpp
+
+
+def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, stack) -> SlideResult:
+    from segcls.runtime.mask_writer import write_mask
+
+    t_start = time.perf_counter()
+    description = backend.description
+    plan = plan_read(slide, _target_mpp(description, opts), opts.level)
+    grid = TileGrid(plan.size, opts.tile, opts.overlap, description.stride)
+    keep, tiles, tissue = select_tiles(slide, grid, plan, opts.tissue)
+
+    labels = np.full(grid.map_shape, 255, dtype=np.uint8)
+    probs = None
+    if "probs" in outputs:  # renamed into place when infer_slide's stack closes without an error
+        tmp = stack.enter_context(atomic_path(outputs["probs"]))
+        shape = (description.num_classes, *grid.map_shape)
+        probs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    stitcher = make_stitcher(opts.stitch, grid, labels, probs, keep, description.num_classes)
+
+    name = Path(getattr(slide, "path", "slide")).name
+    timings, scores = _infer_tiles(slide, plan, grid, tiles, backend, stitcher, opts, name)
+    t0 = time.perf_counter()
+    stitcher.finish()
+    timings["stitch"] += time.perf_counter() - t0
+    if probs is not None:
+        probs.flush()
+        del probs
+
+    t0 = time.perf_counter()
+    if "overlay" in outputs:
+        from segcls.runtime.overlay import write_overlay
+
+        thumb = tissue if tissue is not None else slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        write_overlay(outputs["overlay"], thumb, labels, description.classes, description.colors)
+    if "geojson" in outputs:
+        from segcls.runtime.geojson import write_geojson
+
+        downsample = grid.stride * plan.scale
+        write_geojson(outputs["geojson"], labels, description.classes, description.colors, downsample)
+    size, mask_mpp = _mask_size(slide, opts.out_mpp)
+    write_mask(outputs["mask"], labels, size, description.colors, mask_mpp, classes=description.classes)
+    timings["write"] = time.perf_counter() - t0
+
+    seconds = time.perf_counter() - t_start
+    summary = _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds, outputs, opts)
+    if "summary" in outputs:
+        with atomic_path(outputs["summary"]) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return SlideResult(Path(getattr(slide, "path", name)), outputs, summary, labels)
+
+
+def select_tiles(slide, grid: TileGrid, plan: ReadPlan, source) -> tuple:
+    """(keep(box) or None, tiles to run, the thumbnail the tissue was found on or None)."""
+    if str(source) == "none":
+        return None, list(grid), None
+    from segcls.runtime.tissue import TissueMask, detect_tissue, tissue_mask
+
+    thumb = None
+    if str(source) == "auto":  # detect on a thumbnail that the overlay reuses
+        thumb = slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        mask = detect_tissue(thumb)
+        tissue = TissueMask(mask, slide.dimensions[0] / mask.shape[1])
+    else:
+        tissue = tissue_mask(slide, source, THUMBNAIL_SIZE)
+    core = grid.step * plan.scale  # level-0 px of a tile's core
+    tiles = [t for t in grid if tissue.covers(t.col * core, t.row * core, core, core)]
+
+    def keep(box: tuple[int, int, int, int]) -> np.ndarray:
+        return tissue_in_box(box, grid, plan, tissue.mask, tissue.downsample)
+
+    return keep, tiles, thumb
+
+
+def _mask_size(slide, out_mpp: float | None) -> tuple[tuple[int, int], float | None]:
+    w0, h0 = slide.dimensions
+    if out_mpp is None:
+        return (w0, h0), slide.mpp
+    if not slide.mpp:
+        raise SlideError("--out-mpp needs the slide's mpp: pass --slide-mpp X")
+    f = slide.mpp / out_mpp
+    return (max(1, round(w0 * f)), max(1, round(h0 * f))), out_mpp
+
+
+def _infer_tiles(
+    slide, plan: ReadPlan, grid: TileGrid, tiles: list[Tile], backend: Backend, stitcher, opts, name: str
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Run every tile through the backend, reading ahead on `opts.workers` threads."""
+    timings = dict.fromkeys(("read", "wait", "infer", "stitch"), 0.0)
+    scores = None
+
+    def read_batch(batch: list[Tile]) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        pixels = np.empty((len(batch), grid.tile, grid.tile, 3), dtype=np.uint8)
+        for i, t in enumerate(batch):
+            pixels[i] = _read(slide, plan, t, grid.tile)
+        return pixels, time.perf_counter() - t0
+
+    batches = iter([tiles[i : i + opts.batch] for i in range(0, len(tiles), opts.batch)])
+    depth = opts.workers + opts.prefetch
+    pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="segcls-read")
+    pending: deque = deque()
+    bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not opts.progress, leave=False)
+    try:
+        while True:
+            while len(pending) < depth and (batch := next(batches, None)) is not None:
+                pending.append((batch, pool.submit(read_batch, batch)))
+            if not pending:
+                break
+            batch, future = pending.popleft()
+            t0 = time.perf_counter()
+            pixels, read_seconds = future.result()
+            t1 = time.perf_counter()
+            out = backend.infer(pixels)
+            t2 = time.perf_counter()
+            for i, t in enumerate(batch):
+                stitcher.add(t, out.labels[i], out.probs[i])
+            batch_scores = np.asarray(out.class_scores, dtype=np.float32).max(axis=0)
+            scores = batch_scores if scores is None else np.maximum(scores, batch_scores)
+            t3 = time.perf_counter()
+            timings["read"] += read_seconds
+            timings["wait"] += t1 - t0
+            timings["infer"] += t2 - t1
+            timings["stitch"] += t3 - t2
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return timings, scores
+
+
+def _read(slide, plan: ReadPlan, t: Tile, size: int) -> np.ndarray:
+    try:
+        return read_tile(slide, plan, t.x, t.y, size)
+    except SegclsError:
+        raise
+    except Exception as e:  # a reader library's own error for a damaged region
+        where = f"tile at read-frame ({t.x}, {t.y}), level {plan.level}"
+        raise SlideError(f"cannot read {where} of {getattr(slide, 'path', 'the slide')}: {e}") from None
+
+
+def _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds, outputs, opts) -> dict:
+    description = backend.description
+    counts = np.bincount(labels.ravel(), minlength=256)
+    px_mm2 = None
+    if slide.mpp:
+        px_mm2 = (grid.stride * plan.scale * slide.mpp / 1000.0) ** 2  # one label-map pixel, in mm^2
+    area = {c: (round(float(counts[i]) * px_mm2, 6) if px_mm2 else None) for i, c in enumerate(description.classes)}
+    slide_class = None
+    if scores is not None:
+        slide_class = {
+            "class": description.classes[int(np.argmax(scores))],
+            "scores": {c: float(s) for c, s in zip(description.classes, scores, strict=True)},
+        }
+    w0, h0 = slide.dimensions
+    return {
+        "slide": str(getattr(slide, "path", "")),
+        "size": [w0, h0],
+        "slide_mpp": slide.mpp,
+        "mpp": round(plan.mpp, 6) if plan.mpp else None,
+        "level": plan.level,
+        "read_size": list(plan.size),
+        "tile": grid.tile,
+        "overlap": grid.overlap,
+        "stitch": opts.stitch,
+        "tiles": {"total": len(grid), "run": len(tiles), "skipped": len(grid) - len(tiles)},
+        "area_mm2": area,
+        "tissue_mm2": round(float(counts[: len(description.classes)].sum()) * px_mm2, 6) if px_mm2 else None,
+        "slide_class": slide_class,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()} | {"total": round(seconds, 3)},
+        "tiles_per_s": round(len(tiles) / seconds, 2) if seconds else None,
+        "infer_tiles_per_s": round(len(tiles) / timings["infer"], 2) if timings["infer"] else None,
+        "backend": backend.name,
+        "device": backend.device,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+    }
+
+
+def result_line(result: SlideResult) -> str:
+    """The one line printed per finished slide."""
+    s = result.summary
+    return (
+        f"{Path(s['slide']).name}: {s['tiles']['run']} tiles in {s['timings_s']['total']:.1f} s "
+        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']} on {s['device']}) -> {result.mask}"
+    )

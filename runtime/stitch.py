@@ -1,0 +1,142 @@
+"""Merge tile outputs into the slide's stride-8 label map (after MONAI's mergers).
+
+`crop` keeps each tile's core: every map pixel comes from exactly one tile, no seams, no float state.
+`blend` averages overlapping softmax probabilities under a smooth window and argmaxes them. It keeps only
+a band of accumulator rows one tile high, because tiles arrive row by row: when the first tile of a new
+tile row arrives, the rows above it are final, so they are argmaxed into the uint8 map and the band moves
+down. Float memory is (C + 1) x tile/8 x map width, never a whole-slide float map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from segcls.runtime.tiling import Tile, TileGrid
+
+# keep(box) -> bool (y1 - y0, x1 - x0): which map pixels of box (x0, y0, x1, y1) are tissue.
+KeepFn = Callable[[tuple[int, int, int, int]], np.ndarray]
+
+NOT_TISSUE = 255
+STITCH_MODES = ("crop", "blend")
+
+
+def blend_window(size: int, ramp: int) -> np.ndarray:
+    """1-D weights: a raised-cosine ramp over `ramp` px at each end, 1 in between, never 0.
+
+    Two tiles overlapping by `ramp` px have ramps that sum to 1, so blending is a partition of unity
+    away from the slide's edges.
+    """
+    w = np.ones(size, dtype=np.float32)
+    if ramp:
+        up = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp)
+        w[:ramp] = up
+        w[size - ramp :] = up[::-1]
+    return w
+
+
+class CropStitcher:
+    def __init__(
+        self, grid: TileGrid, labels: np.ndarray, probs: np.ndarray | None = None, keep: KeepFn | None = None
+    ) -> None:
+        self.grid, self.labels, self.probs, self.keep = grid, labels, probs, keep
+
+    def add(self, tile: Tile, labels: np.ndarray, probs: np.ndarray | None = None) -> None:
+        """`labels` (tile/8, tile/8) uint8 and `probs` (C, tile/8, tile/8) of one tile."""
+        x0, y0, x1, y1 = self.grid.core(tile)
+        ox, oy = self.grid.origin(tile)
+        sy, sx = slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
+        out = labels[sy, sx]
+        if self.keep is not None:
+            out = np.where(self.keep((x0, y0, x1, y1)), out, NOT_TISSUE)
+        self.labels[y0:y1, x0:x1] = out
+        if self.probs is not None and probs is not None:
+            self.probs[:, y0:y1, x0:x1] = probs[:, sy, sx]
+
+    def finish(self) -> None:
+        """Nothing is pending in crop mode."""
+
+
+class BlendStitcher:
+    def __init__(
+        self,
+        grid: TileGrid,
+        labels: np.ndarray,
+        probs: np.ndarray | None = None,
+        keep: KeepFn | None = None,
+        num_classes: int = 0,
+    ) -> None:
+        self.grid, self.labels, self.probs, self.keep = grid, labels, probs, keep
+        n = grid.tile // grid.stride
+        self.band_height = n
+        self.shift = grid.step // grid.stride
+        w1 = blend_window(n, min(2 * grid.overlap // grid.stride, n // 2))
+        self.window = np.outer(w1, w1)
+        width = labels.shape[1]
+        self.acc = np.zeros((num_classes, n, width), dtype=np.float32) if num_classes else None
+        self.weight = np.zeros((n, width), dtype=np.float32)
+        self.row = 0  # tile row the band belongs to
+        self.top = -grid.overlap // grid.stride  # map row of the band's first row
+        self.finished = False
+
+    def add(self, tile: Tile, labels: np.ndarray, probs: np.ndarray) -> None:
+        while self.row < tile.row:
+            self._advance()
+        if self.acc is None:
+            self.acc = np.zeros((probs.shape[0], *self.weight.shape), dtype=np.float32)
+        ox = self.grid.origin(tile)[0]
+        width = self.weight.shape[1]
+        x0, x1 = max(ox, 0), min(ox + self.band_height, width)
+        win = self.window[:, x0 - ox : x1 - ox]
+        self.acc[:, :, x0:x1] += probs[:, :, x0 - ox : x1 - ox] * win
+        self.weight[:, x0:x1] += win
+
+    def finish(self) -> None:
+        """Finalise the last band (safe to call twice)."""
+        if not self.finished:
+            self._flush(self.band_height)
+        self.finished = True
+
+    def _advance(self) -> None:
+        self._flush(self.shift)
+        s = self.shift
+        self.weight[:-s] = self.weight[s:]
+        self.weight[-s:] = 0
+        if self.acc is not None:
+            self.acc[:, :-s] = self.acc[:, s:]
+            self.acc[:, -s:] = 0
+        self.row += 1
+        self.top += s
+
+    def _flush(self, rows: int) -> None:
+        """Argmax the band's first `rows` rows into the label map."""
+        height, width = self.labels.shape
+        b0, b1 = max(0, -self.top), min(rows, height - self.top)
+        if b1 <= b0 or self.acc is None:
+            return
+        y0, y1 = self.top + b0, self.top + b1
+        weight = self.weight[b0:b1]
+        acc = self.acc[:, b0:b1]
+        done = weight > 0
+        out = np.where(done, np.argmax(acc, axis=0).astype(np.uint8), NOT_TISSUE)
+        if self.keep is not None:
+            out = np.where(self.keep((0, y0, width, y1)), out, NOT_TISSUE)
+        self.labels[y0:y1] = out
+        if self.probs is not None:
+            self.probs[:, y0:y1] = np.where(done, acc / np.maximum(weight, 1e-12), 0)
+
+
+def make_stitcher(
+    mode: str,
+    grid: TileGrid,
+    labels: np.ndarray,
+    probs: np.ndarray | None = None,
+    keep: KeepFn | None = None,
+    num_classes: int = 0,
+) -> CropStitcher | BlendStitcher:
+    if mode == "crop":
+        return CropStitcher(grid, labels, probs, keep)
+    if mode == "blend":
+        return BlendStitcher(grid, labels, probs, keep, num_classes)
+    raise ValueError(f"stitch mode must be one of {STITCH_MODES}, got {mode!r}")

@@ -1,0 +1,259 @@
+"""infer_slide end to end on in-memory slides: agreement with whole-image inference, seams, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from _runtime_models import exported_onnx, tissue_image
+
+from segcls.errors import SegclsError, SlideError
+from segcls.runtime.backends import open_backend
+from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.tiling import TileGrid
+
+PAD = 128  # white margin for whole-image inference: the slide sits on white glass, as tiles see it
+
+
+class ArraySlide:
+    """A one-level slide held in memory (the Slide interface the pipeline uses)."""
+
+    def __init__(self, image: np.ndarray, mpp: float | None = 2.0, path: str = "array.svs") -> None:
+        self.image, self.mpp, self.path = image, mpp, Path(path)
+        h, w = image.shape[:2]
+        self.dimensions = (w, h)
+        self.level_dimensions = ((w, h),)
+        self.level_downsamples = (1.0,)
+        self.level_count = 1
+
+    def read_region(self, location, level, size):
+        (x, y), (w, h) = location, size
+        out = np.full((h, w, 3), 255, np.uint8)
+        H, W = self.image.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self.image[y0:y1, x0:x1]
+        return out
+
+    def get_thumbnail(self, max_size):
+        f = max(1, int(np.ceil(max(self.dimensions) / max(max_size))))
+        return self.image[::f, ::f]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    b = open_backend(exported_onnx(tmp_path_factory))
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return tissue_image(480, 624, seed=3)
+
+
+@pytest.fixture(scope="module")
+def whole(backend, image):
+    """Whole-image inference on the image on white glass: labels and probs at stride 8."""
+    padded = np.pad(image, ((PAD, PAD), (PAD, PAD), (0, 0)), constant_values=255)
+    out = backend.infer(padded[None])
+    h, w = -(-image.shape[0] // 8), -(-image.shape[1] // 8)
+    p = PAD // 8
+    return out.labels[0, p : p + h, p : p + w], out.probs[0, :, p : p + h, p : p + w]
+
+
+def run(backend, image, tmp_path, **kw):
+    opts = InferOptions(tissue=kw.pop("tissue", "none"), progress=False, **kw)
+    probs = tmp_path / "probs.npy"
+    opts.probs = probs
+    result = infer_slide(ArraySlide(image), backend, tmp_path / "mask.tif", opts)
+    return result, result.labels, np.load(probs).astype(np.float32)
+
+
+def seam_jump(probs: np.ndarray, grid: TileGrid) -> float:
+    """Mean |difference| of probs across the borders of tile cores (where crop mode switches tile)."""
+    step = grid.step // 8
+    xs = [x for x in range(step, probs.shape[2], step)]
+    ys = [y for y in range(step, probs.shape[1], step)]
+    cols = np.abs(probs[:, :, xs] - probs[:, :, [x - 1 for x in xs]]).mean()
+    rows = np.abs(probs[:, ys, :] - probs[:, [y - 1 for y in ys], :]).mean()
+    return float((cols + rows) / 2)
+
+
+def test_crop_agrees_with_whole_image(backend, image, whole, tmp_path):
+    result, labels, _ = run(backend, image, tmp_path, tile=384, overlap=128, stitch="crop")
+    expected = whole[0]
+    assert labels.shape == expected.shape
+    assert len(np.unique(expected)) >= 2  # a model that says one thing everywhere would prove nothing
+    agreement = (labels == expected).mean()
+    assert agreement >= 0.995, agreement
+    assert result.summary["tiles"]["run"] == result.summary["tiles"]["total"] == 20
+
+
+def test_too_little_context_is_detected(backend, image, whole, tmp_path):
+    """The agreement criterion can fail: tiles with no context disagree with whole-image inference."""
+    _, labels, _ = run(backend, image, tmp_path, tile=128, overlap=0, stitch="crop")
+    assert (labels == whole[0]).mean() < 0.995
+
+
+def test_blend_is_seamless(backend, image, whole, tmp_path):
+    """Seam criterion: the jump in probs across tile-core borders is at most 10% (+0.005) above the jump
+    whole-image inference has at the same places. Tiles without overlap (control) exceed it."""
+    grid = TileGrid((image.shape[1], image.shape[0]), 384, 128)
+    reference = seam_jump(whole[1], grid)
+    _, labels, probs = run(backend, image, tmp_path, tile=384, overlap=128, stitch="blend")
+    assert seam_jump(probs, grid) <= 1.1 * reference + 0.005
+    assert (labels == whole[0]).mean() >= 0.98  # blending mixes in tile margins, which have less context
+    control = TileGrid(grid.size, 128, 0)
+    _, _, hard = run(backend, image, tmp_path, tile=128, overlap=0, stitch="crop")
+    assert seam_jump(hard, control) > 1.1 * seam_jump(whole[1], control) + 0.005
+
+
+def test_tissue_skips_glass_and_labels_it_255(backend, tmp_path):
+    image = np.full((512, 768, 3), 245, np.uint8)
+    rng = np.random.default_rng(0)
+    image[64:256, 64:320] = np.clip(rng.normal((200, 90, 170), 20, (192, 256, 3)), 0, 255)  # stained tissue
+    opts = InferOptions(tile=256, overlap=32, progress=False)
+    result = infer_slide(ArraySlide(image), backend, tmp_path / "m.tif", opts)
+    tiles = result.summary["tiles"]
+    assert 0 < tiles["run"] < tiles["total"]
+    mask = tifffile.imread(tmp_path / "m.tif", level=0)
+    assert mask.shape == (512, 768)
+    assert (mask[300:, 400:] == 255).all()  # glass
+    assert (mask[72:248, 72:312] != 255).all()  # tissue
+
+
+def test_summary_json(backend, image, tmp_path):
+    opts = InferOptions(tile=256, overlap=32, tissue="none", summary=tmp_path / "s.json", progress=False)
+    infer_slide(ArraySlide(image), backend, tmp_path / "mask.tif", opts)
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["size"] == [624, 480] and s["mpp"] == 2.0 and s["level"] == 0
+    assert s["backend"] == "onnxruntime" and s["device"] == "CPUExecutionProvider"
+    assert set(s["timings_s"]) >= {"read", "infer", "stitch", "write", "total"}
+    assert s["slide_class"]["class"] in ("background", "benign", "tumour")
+    # every label-map pixel is one of the classes: areas add up to the slide's area
+    total = sum(s["area_mm2"].values())
+    assert total == pytest.approx(s["read_size"][0] * s["read_size"][1] * 4e-6, rel=0.05)
+
+
+def test_slide_without_mpp_needs_slide_mpp_or_level(backend, image, tmp_path):
+    slide = ArraySlide(image, mpp=None)
+    with pytest.raises(SlideError, match="--slide-mpp"):
+        infer_slide(slide, backend, tmp_path / "m.tif", InferOptions(progress=False))
+    assert not (tmp_path / "m.tif").exists()
+    opts = InferOptions(level=0, tile=256, overlap=32, tissue="none", progress=False)
+    result = infer_slide(slide, backend, tmp_path / "m.tif", opts)
+    assert result.summary["mpp"] is None and (tmp_path / "m.tif").is_file()
+
+
+def test_interrupt_leaves_no_outputs(backend, image, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(batch):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "infer", interrupted)
+    opts = InferOptions(tile=256, overlap=32, tissue="none", probs=tmp_path / "p.npy", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        infer_slide(ArraySlide(image), backend, tmp_path / "m.tif", opts)
+    assert calls and list(tmp_path.iterdir()) == []
+
+
+def test_bad_options_are_refused(backend, image, tmp_path):
+    with pytest.raises(SegclsError, match="--overlap"):
+        infer_slide(ArraySlide(image), backend, tmp_path / "m.tif", InferOptions(overlap=24, progress=False))
+    with pytest.raises(SegclsError, match="--stitch"):
+        InferOptions(stitch="median")
+    with pytest.raises(SegclsError, match="does not exist"):
+        infer_slide(ArraySlide(image), backend, tmp_path / "no" / "m.tif", InferOptions(progress=False))
+
+
+PEAK_SCRIPT = """
+import numpy as np
+from segcls.description import ModelDescription
+from segcls.runtime.backends.base import Backend, BackendOutput
+from segcls.runtime.pipeline import InferOptions, infer_slide
+
+
+def peak_mb():  # VmHWM: peak resident set of this process (ru_maxrss would include the parent's)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+class Tiny(Backend):
+    name = "tiny"
+
+    def load(self):
+        self.description = ModelDescription(classes=("a", "b", "c", "d"), mpp=1.0)
+
+    def infer(self, batch):
+        small = batch[:, ::8, ::8].astype(np.float32) / 255
+        probs = np.stack([small[..., 0], small[..., 1], small[..., 2], 1 - small[..., 0]], 1)
+        return BackendOutput(probs.argmax(1).astype(np.uint8), probs, probs.max((2, 3)))
+
+
+class Procedural:
+    mpp, path, level_count, level_downsamples = 1.0, "big.svs", 1, (1.0,)
+
+    def __init__(self, w, h):
+        self.dimensions = (w, h)
+        self.level_dimensions = ((w, h),)
+
+    def read_region(self, location, level, size):
+        (x, y), (w, h) = location, size
+        colour = ((x // 3000) * 50 % 256, (y // 2000) * 70 % 256, (x + y) // 5000 * 30 % 256)
+        return np.full((h, w, 3), colour, np.uint8)
+
+
+backend = Tiny()
+backend.load()
+opts = InferOptions(tile=1024, overlap=64, batch=4, stitch={stitch!r}, tissue="none", out_mpp=4.0, progress=False)
+import PIL.Image, tifffile, tqdm, segcls.runtime.mask_writer, segcls.runtime.slide  # noqa: E401 - lazy imports
+before = peak_mb()
+infer_slide(Procedural({w}, {h}), backend, {out!r}, opts)
+print(before, peak_mb())
+"""
+
+
+@pytest.mark.parametrize("stitch", ["crop", "blend"])
+def test_peak_memory_is_bounded(tmp_path, stitch):
+    """A 20k x 20k slide: 1.2 GB of RGB, a 6 MB label map. Expected growth: label map 6 MB + ready batches
+    (4 x 4 x 1024^2 x 3 = 50 MB) + blend band (5 x 128 x 2500 x 4 = 6 MB) + 1024^2 mask tiles; a float
+    accumulator of the whole map alone would be 5 x 6.25M x 4 B = 125 MB."""
+    script = PEAK_SCRIPT.format(stitch=stitch, w=20_000, h=20_000, out=str(tmp_path / "big.tif"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = (float(v) for v in done.stdout.split())
+    print(f"{stitch}: peak RSS {before:.0f} MB -> {after:.0f} MB")
+    batches = 4 * 4 * 1024 * 1024 * 3 / 2**20  # (workers + prefetch + 1) x batch x tile^2 x 3
+    label_map = 2500 * 2500 / 2**20
+    band = 5 * 128 * 2500 * 4 / 2**20 if stitch == "blend" else 0
+    # 60 MB slack: network outputs, allocator, thread stacks, mask tiles (measured growth: 78-95 MB).
+    # A float accumulator of the whole map would add 125 MB on top of the batches: this bound fails it.
+    assert after - before < batches + label_map + band + 60
+
+
+def test_user_tissue_mask_and_out_mpp(backend, image, tmp_path):
+    """A mask image (nonzero = tissue, any size) limits the tiles; --out-mpp sets the mask's resolution."""
+    from PIL import Image
+
+    user = np.zeros((48, 62), np.uint8)
+    user[:, :20] = 255  # left third of the slide
+    Image.fromarray(user).save(tmp_path / "tissue.png")
+    opts = InferOptions(tile=256, overlap=32, tissue=tmp_path / "tissue.png", out_mpp=4.0, progress=False)
+    result = infer_slide(ArraySlide(image), backend, tmp_path / "m.tif", opts)
+    assert 0 < result.summary["tiles"]["run"] < result.summary["tiles"]["total"]
+    assert (result.labels[:, 40:] == 255).all() and (result.labels[:, :18] != 255).all()
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        page = tif.pages[0]
+        assert (page.imagewidth, page.imagelength) == (312, 240)  # 624 x 480 at 2 um/px -> 4 um/px
+        assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == pytest.approx(2500)

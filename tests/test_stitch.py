@@ -1,0 +1,115 @@
+"""Stitchers: right pixels from the right tiles, a rolling band for blend, skipped tiles stay 255."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segcls.runtime.stitch import BlendStitcher, blend_window, make_stitcher
+from segcls.runtime.tiling import TileGrid
+
+C = 3
+P = 64  # map px of field beyond the map on each side, more than any tile reaches
+
+
+def field(grid: TileGrid) -> np.ndarray:
+    """A smooth (C, H/8, W/8) probability field over the whole map (what a perfect network would say)."""
+    h, w = grid.map_shape
+    yy, xx = np.mgrid[-P : h + P, -P : w + P].astype(np.float32)
+    logits = np.stack([np.sin(xx / 9), np.cos(yy / 7), np.sin((xx + yy) / 11)])
+    e = np.exp(logits)
+    return e / e.sum(0)
+
+
+def tile_output(probs: np.ndarray, grid: TileGrid, t) -> np.ndarray:
+    """The field as a tile at `t` sees it (padded by P map px on each side above)."""
+    ox, oy = grid.origin(t)
+    n = grid.tile // 8
+    return probs[:, oy + P : oy + P + n, ox + P : ox + P + n]
+
+
+@pytest.mark.parametrize("mode", ["crop", "blend"])
+@pytest.mark.parametrize(("size", "tile", "overlap"), [((500, 300), 128, 32), ((333, 777), 256, 64), ((64, 64), 64, 0)])
+def test_consistent_tiles_reconstruct_the_field(mode, size, tile, overlap):
+    grid = TileGrid(size, tile, overlap)
+    truth = field(grid)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    probs = np.zeros((C, *grid.map_shape), np.float32)
+    stitcher = make_stitcher(mode, grid, labels, probs, num_classes=C)
+    for t in grid:
+        p = tile_output(truth, grid, t)
+        stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+    stitcher.finish()
+    stitcher.finish()  # safe twice
+    h, w = grid.map_shape
+    np.testing.assert_allclose(probs, truth[:, P : P + h, P : P + w], atol=1e-5)
+    np.testing.assert_array_equal(labels, truth[:, P : P + h, P : P + w].argmax(0))
+
+
+def test_crop_takes_each_pixel_from_the_tile_whose_core_holds_it():
+    grid = TileGrid((400, 272), 128, 32)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    stitcher = make_stitcher("crop", grid, labels)
+    n = grid.tile // 8
+    for i, t in enumerate(grid):
+        stitcher.add(t, np.full((n, n), i, np.uint8), np.zeros((C, n, n), np.float32))
+    for i, t in enumerate(grid):
+        x0, y0, x1, y1 = grid.core(t)
+        assert (labels[y0:y1, x0:x1] == i).all()
+
+
+@pytest.mark.parametrize("mode", ["crop", "blend"])
+def test_skipped_tiles_and_non_tissue_stay_255(mode):
+    grid = TileGrid((512, 512), 128, 32)  # 8 x 8 tiles of 64 px cores
+    truth = field(grid)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+
+    def keep(box):  # tissue = the left half of the map, except rows 16..32 (tile rows 2 and 3)
+        x0, y0, x1, y1 = box
+        ys = np.arange(y0, y1)[:, None]
+        return (np.arange(x0, x1)[None] < 32) & ((ys < 16) | (ys >= 32))
+
+    stitcher = make_stitcher(mode, grid, labels, keep=keep, num_classes=C)
+    run = [t for t in grid if t.col < 4 and t.row not in (2, 3)]  # tiles whose core has tissue
+    for t in run:
+        p = tile_output(truth, grid, t)
+        stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+    stitcher.finish()
+    assert (labels[:, 32:] == 255).all()
+    assert (labels[16:32] == 255).all()  # rows 2 and 3 were not run
+    expected = truth[:, P : P + 64, P : P + 32].argmax(0)
+    done = np.r_[0:16, 32:64]
+    np.testing.assert_array_equal(labels[done, :32], expected[done])
+
+
+def test_blend_window_is_smooth_positive_and_a_partition_of_unity():
+    w = blend_window(32, 8)
+    assert (w > 0).all() and w.max() == 1
+    assert np.abs(np.diff(w)).max() < 0.2
+    np.testing.assert_allclose(w[-8:] + w[:8], 1.0)  # two tiles overlapping by 8 px sum to 1
+    np.testing.assert_array_equal(blend_window(16, 0), 1.0)
+
+
+def test_blend_keeps_only_a_band_of_rows():
+    grid = TileGrid((8000, 8000), 256, 32)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    stitcher = BlendStitcher(grid, labels, num_classes=C)
+    assert stitcher.acc.shape == (C, 256 // 8, 1000)  # one tile high, not the map's 1000 rows
+    assert stitcher.weight.shape == (256 // 8, 1000)
+
+
+def test_blend_differs_from_crop_where_tiles_disagree():
+    """Tiles that disagree (each says its own constant) blend into a gradual transition."""
+    grid = TileGrid((256, 64), 128, 32)  # 3 tiles in a row, cores of 64 px
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    probs = np.zeros((2, *grid.map_shape), np.float32)
+    stitcher = make_stitcher("blend", grid, labels, probs, num_classes=2)
+    n = 16
+    for i, t in enumerate(grid):
+        p = np.zeros((2, n, n), np.float32)
+        p[0], p[1] = (1.0, 0.0) if i % 2 == 0 else (0.0, 1.0)
+        stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+    stitcher.finish()
+    row = probs[0, 2]
+    assert row[0] == 1 and 0 < row[8] < 1  # tile 0 alone at the edge, a mix across the overlap
+    assert np.abs(np.diff(row)).max() < 0.3  # no jump

@@ -139,6 +139,11 @@ def _extra_option(kind: str, what: str):
 @_extra_option("geojson", "the regions as QuPath GeoJSON (level-0 px)")
 @_extra_option("probs", "class probabilities at stride 8, float16 (C, H/8, W/8) .npy")
 @_extra_option("summary", "a JSON summary (areas, slide class, timings)")
+@click.option(
+    "--truth",
+    type=click.Path(path_type=Path),
+    help="Ground-truth label mask (segcls TIFF, 255 = ignore): pixel F1 in the result line and summary.",
+)
 @click.option("--workers", default=2, show_default=True, help="Tile reader threads.")
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -152,6 +157,8 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options
     from segcls.runtime.pipeline import InferOptions, infer_slide, result_line
 
     paths, many = expand_slides(slides)
+    if options["truth"] is not None and many:
+        raise click.UsageError("--truth scores one slide: give a single SLIDE")
     extras = {k: options.pop(k) for k in EXTRA_OUTPUTS}
     opts = InferOptions(progress=not quiet, **options)
     if many:

@@ -64,6 +64,7 @@ class InferOptions:
     geojson: Path | None = None
     probs: Path | None = None
     summary: Path | None = None
+    truth: Path | None = None  # a ground-truth label mask (segcls TIFF, 255 = ignore): F1 goes in the summary
     workers: int = 2  # reader threads
     prefetch: int = 1  # batches read ahead beyond one per worker
     progress: bool = True
@@ -110,6 +111,8 @@ def infer_slide(
     (shared across slides). `slide_path` may also be an open `Slide`.
     """
     opts = options or InferOptions()
+    if opts.truth is not None and not Path(opts.truth).is_file():
+        raise SlideError(f"ground-truth mask not found: {opts.truth}")
     outputs = opts.outputs(Path(out_path))
     for path in outputs.values():
         _check_writable(path)
@@ -194,11 +197,20 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
         downsample = grid.stride * plan.scale
         write_geojson(outputs["geojson"], labels, description.classes, description.colors, downsample)
     size, mask_mpp = _mask_size(slide, opts.out_mpp)
-    write_mask(outputs["mask"], labels, size, description.colors, mask_mpp, classes=description.classes)
+    # The label map covers whole tiles (it may overhang the slide): place it by its pixel size.
+    label_px = grid.stride * plan.scale * size[0] / slide.dimensions[0]
+    write_mask(
+        outputs["mask"], labels, size, description.colors, mask_mpp, classes=description.classes, downsample=label_px
+    )
     timings["write"] = time.perf_counter() - t0
 
     seconds = time.perf_counter() - t_start
     summary = _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds, outputs, opts)
+    if opts.truth is not None:
+        from segcls.runtime.score import score_masks
+
+        truth = score_masks(outputs["mask"], opts.truth, description.num_classes)
+        summary["truth"] = {"path": str(opts.truth), **truth.to_dict(description.classes)}
     if "summary" in outputs:
         with atomic_path(outputs["summary"]) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -209,15 +221,12 @@ def select_tiles(slide, grid: TileGrid, plan: ReadPlan, source) -> tuple:
     """(keep(box) or None, tiles to run, the thumbnail the tissue was found on or None)."""
     if str(source) == "none":
         return None, list(grid), None
-    from segcls.runtime.tissue import TissueMask, detect_tissue, tissue_mask
+    from segcls.runtime.tissue import tissue_mask
 
     thumb = None
     if str(source) == "auto":  # detect on a thumbnail that the overlay reuses
         thumb = slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        mask = detect_tissue(thumb)
-        tissue = TissueMask(mask, slide.dimensions[0] / mask.shape[1])
-    else:
-        tissue = tissue_mask(slide, source, THUMBNAIL_SIZE)
+    tissue = tissue_mask(slide, source, THUMBNAIL_SIZE, thumbnail=thumb)
     core = grid.step * plan.scale  # level-0 px of a tile's core
     tiles = [t for t in grid if tissue.covers(t.col * core, t.row * core, core, core)]
 
@@ -335,7 +344,8 @@ def _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds
 def result_line(result: SlideResult) -> str:
     """The one line printed per finished slide."""
     s = result.summary
+    truth = f", macro F1 {s['truth']['macro_f1']:.4f} vs truth" if "truth" in s else ""
     return (
         f"{Path(s['slide']).name}: {s['tiles']['run']} tiles in {s['timings_s']['total']:.1f} s "
-        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']} on {s['device']}) -> {result.mask}"
+        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']} on {s['device']}{truth}) -> {result.mask}"
     )

@@ -10,7 +10,7 @@ from segcls.cli._common import handle_errors
 from segcls.cli.train import training_options
 
 # --quick: the synthetic sweep in well under 30 minutes on 2 CPU cores.
-QUICK = {"seeds": 2, "epochs": 3, "steps_per_epoch": 20, "batch_size": 32}
+QUICK = {"seeds": 2, "epochs": 4, "steps_per_epoch": 10, "batch_size": 32}
 
 
 def _floats(text: str) -> tuple[float, ...]:

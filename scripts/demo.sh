@@ -3,7 +3,7 @@
 # synthetic dataset + slide -> train -> export ONNX -> infer the slide -> mask.tif, overlay PNG, F1 vs truth.
 set -euo pipefail
 OUT=${1:-demo_out}
-EPOCHS=${DEMO_EPOCHS:-4}
+EPOCHS=${DEMO_EPOCHS:-8}
 mkdir -p "$OUT"
 start=$(date +%s)
 
@@ -23,6 +23,12 @@ segcls-infer "$OUT/slide.tif" -o "$OUT/mask.tif" --model "$OUT/model.onnx" --ove
     --overlay "$OUT/overlay.png" --summary "$OUT/summary.json" --truth "$OUT/slide_truth.tif"
 
 echo "== 5/5 done in $(( $(date +%s) - start )) s"
+python - "$OUT/summary.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["truth"]
+per_class = ", ".join(f"{k} {v:.3f}" for k, v in t["per_class_f1"].items() if v is not None)
+print(f"mask vs ground truth: macro F1 {t['macro_f1']:.4f}, micro F1 {t['micro_f1']:.4f} ({per_class})")
+PY
 echo "mask:    $OUT/mask.tif (open in QuPath or with openslide)"
 echo "overlay: $OUT/overlay.png"
 echo "summary: $OUT/summary.json"

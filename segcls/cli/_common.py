@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +20,18 @@ class UserError(click.ClickException):
         self.exit_code = exit_code
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: atomic writes remove their temporary files
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn SegclsError into `Error: message` + its exit code, and Ctrl-C into exit 130."""
+    """Turn SegclsError into `Error: message` + its exit code, Ctrl-C into exit 130, and SIGTERM (a batch
+    scheduler's kill) into exit 143 after the same clean-up."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
             return fn(*args, **kwargs)
         except SegclsError as e:
@@ -30,5 +39,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

@@ -13,14 +13,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcls.atomic import atomic_path
+from segcls.atomic import atomic_path, check_writable
 from segcls.errors import ExportError, SegclsError
 from segcls.export.verify import VerificationReport, float32_compute
 from segcls.runtime.model_info import (
@@ -58,16 +57,7 @@ def check_output_path(path: Path, suffixes: tuple[str, ...]) -> None:
     """Fail before any slow work when the output cannot be written."""
     if path.suffix.lower() not in suffixes:
         raise SegclsError(f"output must be a {' or '.join(suffixes)} file, got {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise SegclsError(f"output folder does not exist: {parent}")
-    if path.is_dir():
-        raise SegclsError(f"output {path} is a folder")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise SegclsError(f"cannot write to {parent}: {e.strerror}") from None
+    check_writable(path)
 
 
 def export_onnx(

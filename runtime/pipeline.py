@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segcls.atomic import atomic_path
+from segcls.atomic import atomic_path, check_writable
 from segcls.description import ModelDescription
 from segcls.errors import ModelError, SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
@@ -115,7 +114,7 @@ def infer_slide(
         raise SlideError(f"ground-truth mask not found: {opts.truth}")
     outputs = opts.outputs(Path(out_path))
     for path in outputs.values():
-        _check_writable(path)
+        check_writable(path)
     with contextlib.ExitStack() as stack:
         if isinstance(model, Backend):
             backend = model
@@ -137,18 +136,6 @@ def _opened(backend: Backend):
         yield backend
     finally:
         backend.close()
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before hours of inference, not after: the folder must exist and accept a file."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise SegclsError(f"output folder does not exist: {parent} (for {path.name})")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise SegclsError(f"cannot write to {parent}: {e.strerror}") from None
 
 
 def _target_mpp(description: ModelDescription, opts: InferOptions) -> float | None:

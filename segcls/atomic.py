@@ -38,3 +38,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before slow work, not after it: the folder must exist and accept a file."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise SegclsError(f"output folder does not exist: {parent} (for {path.name})")
+    if path.is_dir():
+        raise SegclsError(f"output {path} is a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise SegclsError(f"cannot write to {parent}: {e.strerror}") from None

@@ -156,6 +156,11 @@ def _claim_lines(agg: dict, fractions: list[float]) -> list[str]:
                 gain = agg[(other, f)][0] / s - 1 if s > 0 else math.inf
                 verdict = "holds" if gain >= 0.15 else "does not hold"
                 lines.append(f"- s={100 * f:g}%: {other} vs S: {100 * gain:+.1f}% relative macro F1 ({verdict})")
+    at_full = {name: m for (name, f), (m, _, _) in agg.items() if f == 1.0}
+    if len(at_full) > 1:
+        spread = 100 * (max(at_full.values()) - min(at_full.values()))
+        values = ", ".join(f"{name} {100 * m:.1f}" for name, m in at_full.items())
+        lines.append(f"- s=100%: {values}: spread {spread:.1f} points (the paper: the settings end up equal)")
     return [*lines, ""]
 
 

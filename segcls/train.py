@@ -143,7 +143,7 @@ class Trainer:
         for split in ("train", "val"):
             if not self.dataset.split.get(split):
                 raise SegclsError(f"{config.dataset}: the '{split}' split has no images")
-        self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile)
+        self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile, progress=progress)
         if config.task == "seg":
             self.selection: Selection = select_tiles(self.tiles, config.setting, config.seg_fraction, config.seed)
         else:
@@ -152,7 +152,7 @@ class Trainer:
             raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
         # The classification layer is scored on the validation split's CLS tiles every epoch; the reverse
         # experiment (task "cls") also selects its best epoch by that accuracy.
-        self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile)
+        self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile, progress=progress)
         self.description = ModelDescription(
             classes=self.dataset.classes,
             colors=self.dataset.colors,
@@ -332,7 +332,7 @@ class Trainer:
         model.to(self.device)
         split = "test" if self.dataset.split.get("test") else "val"
         scores = evaluate_images(model, self.dataset, self.dataset.split[split], self.description, self.device)
-        test_tiles = build_tileset(self.dataset, split, self.config.tile)
+        test_tiles = build_tileset(self.dataset, split, self.config.tile, progress=self.progress)
         metrics = {
             **scores.to_dict(self.description.classes),
             "split": split,

@@ -153,13 +153,17 @@ def check_same_size(mask_path: Path, mask_shape: tuple, image_path: Path, image_
         raise DatasetError(f"{mask_path} is {mw}x{mh} pixels but its image {image_path} is {iw}x{ih}")
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+
+
 def _read_description(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...], float | None]:
     if not path.is_file():
         raise DatasetError(f'{path} not found: a dataset folder needs dataset.json with {{"classes": [...]}}')
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+    d = _read_json(path)
     if not isinstance(d, dict):
         raise DatasetError(f"{path} must hold a JSON object with a 'classes' list, found {type(d).__name__}")
     classes = d.get("classes")
@@ -243,10 +247,7 @@ def _find_labeled(folder: Path, classes: tuple[str, ...]) -> dict[str, list[Path
 
 
 def _read_split(path: Path, images: dict[str, tuple[Path, Path]]) -> dict[str, list[str]]:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+    d = _read_json(path)
     if not isinstance(d, dict):
         raise DatasetError(f'{path} must hold a JSON object {{"train": [...], "val": [...], "test": [...]}}')
     seen: dict[str, str] = {}

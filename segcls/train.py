@@ -176,13 +176,15 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------------------
     def _class_weights(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        masks = np.asarray(self.tiles.masks[np.sort(self.selection.seg)]) if self.selection.seg.size else None
-        pixel_counts = np.bincount(masks[masks != IGNORE_INDEX], minlength=num_classes) if masks is not None else []
+        pixel_counts = np.zeros(num_classes, dtype=np.int64)
+        if self.selection.seg.size:
+            masks = np.asarray(self.tiles.masks[np.sort(self.selection.seg)])
+            pixel_counts += np.bincount(masks[masks != IGNORE_INDEX], minlength=num_classes)[:num_classes]
         label_counts = np.bincount(np.asarray(self.tiles.labels[self.selection.cls]), minlength=num_classes)
+        label_counts = label_counts[:num_classes]
         if self.config.mode == "joint":  # every tile carries both kinds of target
-            pixel_counts = np.asarray(pixel_counts, dtype=np.int64) + label_counts * self.config.tile**2
-        seg = class_weights(pixel_counts[:num_classes] if len(pixel_counts) else np.zeros(num_classes))
-        cls = class_weights(label_counts[:num_classes])
+            pixel_counts += label_counts * self.config.tile**2
+        seg, cls = class_weights(pixel_counts), class_weights(label_counts)
         return seg.to(self.device), cls.to(self.device)
 
     def _resume(self) -> None:
@@ -206,8 +208,9 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------------
     def _batch(self, idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         order = np.sort(idx)  # memmap-friendly read, then restore the sampled order
-        images = np.asarray(self.tiles.images[order])[np.argsort(np.argsort(idx))]
-        masks = np.asarray(self.tiles.masks[order])[np.argsort(np.argsort(idx))]
+        rank = np.argsort(np.argsort(idx, kind="stable"), kind="stable")
+        images = np.asarray(self.tiles.images[order])[rank]
+        masks = np.asarray(self.tiles.masks[order])[rank]
         x, y = augment_batch(
             torch.from_numpy(images), torch.from_numpy(masks), gen, self.description.mean, self.description.std
         )

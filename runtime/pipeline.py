@@ -236,7 +236,12 @@ def _mask_size(slide, out_mpp: float | None) -> tuple[tuple[int, int], float | N
 def _infer_tiles(
     slide, plan: ReadPlan, grid: TileGrid, tiles: list[Tile], backend: Backend, stitcher, opts, name: str
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """Run every tile through the backend, reading ahead on `opts.workers` threads."""
+    """Run every tile through the backend, reading ahead on `opts.workers` threads.
+
+    Batches reach the backend through `Backend.infer_stream`, so a backend that overlaps copies with
+    compute may take batch k+1 before it returns batch k: `in_flight` pairs outputs with their tiles.
+    "infer" is the time spent inside the backend's stream, less the time it waited for the readers.
+    """
     timings = dict.fromkeys(("read", "wait", "infer", "stitch"), 0.0)
     scores = None
 
@@ -250,29 +255,40 @@ def _infer_tiles(
     batches = iter([tiles[i : i + opts.batch] for i in range(0, len(tiles), opts.batch)])
     depth = opts.workers + opts.prefetch
     pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="segcls-read")
-    pending: deque = deque()
-    bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not opts.progress, leave=False)
-    try:
+    pending: deque = deque()  # (tiles, future of their pixels), in reading order
+    in_flight: deque = deque()  # tiles handed to the backend whose outputs have not come back
+
+    def pixel_batches():
         while True:
             while len(pending) < depth and (batch := next(batches, None)) is not None:
                 pending.append((batch, pool.submit(read_batch, batch)))
             if not pending:
-                break
+                return
             batch, future = pending.popleft()
             t0 = time.perf_counter()
             pixels, read_seconds = future.result()
+            timings["wait"] += time.perf_counter() - t0
+            timings["read"] += read_seconds
+            in_flight.append(batch)
+            yield pixels
+
+    bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not opts.progress, leave=False)
+    try:
+        outputs = backend.infer_stream(pixel_batches())
+        while True:
+            t0 = time.perf_counter()
+            wait0 = timings["wait"]
+            out = next(outputs, None)
             t1 = time.perf_counter()
-            out = backend.infer(pixels)
-            t2 = time.perf_counter()
+            timings["infer"] += t1 - t0 - (timings["wait"] - wait0)
+            if out is None:
+                break
+            batch = in_flight.popleft()
             for i, t in enumerate(batch):
                 stitcher.add(t, out.labels[i], out.probs[i])
             batch_scores = np.asarray(out.class_scores, dtype=np.float32).max(axis=0)
             scores = batch_scores if scores is None else np.maximum(scores, batch_scores)
-            t3 = time.perf_counter()
-            timings["read"] += read_seconds
-            timings["wait"] += t1 - t0
-            timings["infer"] += t2 - t1
-            timings["stitch"] += t3 - t2
+            timings["stitch"] += time.perf_counter() - t1
             bar.update(len(batch))
     finally:
         bar.close()

@@ -7,6 +7,7 @@ native stride; the pipeline never knows which backend it drives.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +36,17 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, batch: np.ndarray) -> BackendOutput:
         """`batch`: uint8 (B, H, W, 3), H and W multiples of 16."""
+
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[BackendOutput]:
+        """The outputs of `batches`, in order, as they finish.
+
+        The pipeline drives every backend through this. The default runs one batch at a time; a GPU
+        backend overrides it to take batch k+1 from `batches` (and start its upload) before it yields the
+        outputs of batch k, so copies overlap compute. An output is only valid until the next one is
+        requested: a backend may reuse its buffers.
+        """
+        for batch in batches:
+            yield self.infer(batch)
 
     def close(self) -> None:  # noqa: B027 - backends without resources need no close
         """Release the device and the model."""

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from importlib import metadata
@@ -91,6 +92,38 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "loadavg": os.getloadavg()}
+
+
+def environment() -> dict:
+    """What a result must be read with: the machine, its load, the library versions, the threads."""
+    from segcls.runtime.pipeline import available_cores
+
+    return {"machine": machine(), "versions": versions(), "cores_available": available_cores(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+
+
+def machine_line(env: dict) -> str:
+    m = env["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    return (
+        f"Machine: {m['cpu']}, {env['cores_available']} cores available (load average {m['loadavg'][0]:.1f}, "
+        f"shared host), {env['date']}. Versions: {versions}"
+    )
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def write_results(json_path: Path, data: dict, text: str) -> None:
+    """`json_path` and the markdown `text` beside it (same stem, .md), each written atomically."""
+    from segcls.atomic import atomic_path
+
+    json_path = Path(json_path)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    with atomic_path(json_path.with_suffix(".md")) as tmp:
+        tmp.write_text(f"{text.rstrip()}\n\nCommand: `{data.get('command', command_line())}`\n")
 
 
 def markdown(results: list[dict]) -> str:

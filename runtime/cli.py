@@ -144,7 +144,13 @@ def _extra_option(kind: str, what: str):
     type=click.Path(path_type=Path),
     help="Ground-truth label mask (segcls TIFF, 255 = ignore): pixel F1 in the result line and summary.",
 )
-@click.option("--workers", default=2, show_default=True, help="Tile reader threads.")
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    metavar="auto|N",
+    help="Tile reader threads; auto: 1 per 8 cores beside a CPU backend, all cores but one beside a GPU.",
+)
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
@@ -153,8 +159,7 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options
 
     With one slide OUT is the mask file; with several (or a folder or glob) OUT is a folder.
     """
-    from segcls.runtime.backends import open_backend
-    from segcls.runtime.pipeline import InferOptions, infer_slide, result_line
+    from segcls.runtime.pipeline import InferOptions, infer_slide, open_model, result_line
 
     paths, many = expand_slides(slides)
     if options["truth"] is not None and many:
@@ -174,7 +179,7 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options
     if not todo:
         return
 
-    backend = open_backend(model, opts.backend)
+    backend = open_model(model, opts.backend)
     click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
     failed = []
     try:

@@ -1,16 +1,21 @@
 """One slide in, a label mask (and optional overlay, GeoJSON, probabilities, summary) out.
 
     thumbnail -> tissue mask -> tiles with tissue (row-major)
-    reader threads: read + resample tiles into batches, at most `workers + prefetch` batches ahead
-    main thread: backend.infer(batch) -> stitcher (stride-8 label map) -> outputs
+    reader threads: read + resample single tiles into a fixed ring of batch buffers
+    main thread: backend.infer_stream(batches) -> stitcher (stride-8 label map) -> outputs
+
+Threads: ONNX Runtime gets every core this process may use (`open_model`); `--workers auto` picks the
+readers from the core count and the backend's device (`reader_budget`: 1 per 8 cores beside a CPU
+backend, all cores but one beside a GPU).
 
 Memory bound. Besides the model, peak memory is
     the uint8 label map, (H/8) x (W/8) bytes of the read frame (156 MB for a 200k x 200k slide at
     0.25 mpp read at 0.5 mpp; 255 = not tissue)
-    + batches read ahead or being read: (workers + prefetch + 1) x batch x tile^2 x 3 bytes
-      (+ one batch of network outputs)
-    + per reader thread, while resampling, the level region under one tile: (tile x scale / level
-      downsample)^2 x 7 bytes (RGBA from OpenSlide + RGB), e.g. 112 MB for a 1024 tile read 4x finer
+    + the batch buffers, allocated once and reused: (3 + prefetch) x batch x tile^2 x 3 bytes, whatever
+      the number of readers (+ one batch of network outputs)
+    + per reader thread, while reading, one region under one tile: tile^2 x 7 bytes (RGBA from OpenSlide
+      + RGB), or when resampling (tile x scale / level downsample)^2 x 7 bytes, e.g. 112 MB for a 1024
+      tile read 4x finer
     + blend only: a band of float32 accumulators, (C + 1) x tile/8 x W/8 x 4 bytes
     + the tissue thumbnail (<= 2048^2) and, while writing, a few mask tiles.
 Probabilities (`probs`) go to a float16 memmap on disk, so they cost page cache, not heap. No float map of
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -64,16 +70,24 @@ class InferOptions:
     probs: Path | None = None
     summary: Path | None = None
     truth: Path | None = None  # a ground-truth label mask (segcls TIFF, 255 = ignore): F1 goes in the summary
-    workers: int = 2  # reader threads
-    prefetch: int = 1  # batches read ahead beyond one per worker
+    workers: int | str = "auto"  # reader threads, or "auto": from the core count and the device (reader_budget)
+    prefetch: int = 1  # batch buffers beyond the three a streaming backend and one filling batch need
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.stitch not in STITCH_MODES:
             raise SegclsError(f"--stitch must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
+        if self.workers != "auto":
+            try:
+                self.workers = int(self.workers)
+            except (TypeError, ValueError):
+                raise SegclsError(f"--workers must be 'auto' or a number >= 1, got {self.workers!r}") from None
         for name in ("batch", "workers"):
-            if getattr(self, name) < 1:
-                raise SegclsError(f"--{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value != "auto" and value < 1:
+                raise SegclsError(f"--{name} must be >= 1, got {value}")
+        if self.prefetch < 0:
+            raise SegclsError(f"prefetch must be >= 0, got {self.prefetch}")
         TileGrid((1, 1), self.tile, self.overlap)  # refuses a bad --tile or --overlap before any work
         for name in ("mpp", "slide_mpp", "out_mpp"):
             value = getattr(self, name)
@@ -121,13 +135,50 @@ def infer_slide(
             if backend.description is None:
                 backend.load()
         else:
-            backend = stack.enter_context(_opened(open_backend(model, opts.backend)))
+            backend = stack.enter_context(_opened(open_model(model, opts.backend)))
         slide = slide_path
         if isinstance(slide_path, (str, Path)):
             from segcls.runtime.slide import open_slide
 
             slide = stack.enter_context(open_slide(slide_path, mpp=opts.slide_mpp))
         return _run(slide, backend, outputs, opts, stack)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def open_model(model_path: str | Path, backend: str = "auto") -> Backend:
+    """`open_backend` with the thread budget the pipeline plans with: ONNX Runtime gets every core.
+
+    Its default is the physical-core count, which a container's CPU share or SMT can make wrong; the
+    readers take their share of the cores through `reader_budget`, not by shrinking the backend's.
+    """
+    from segcls.runtime.backends import backend_for
+
+    kwargs = {"threads": available_cores()} if backend_for(model_path) == "onnxruntime" else {}
+    return open_backend(model_path, backend, **kwargs)
+
+
+def reader_budget(workers: int | str, device: str, cores: int | None = None) -> int:
+    """Reader threads for `--workers` ("auto" or a count) on a backend running on `device`.
+
+    "auto" (measured in bench/results/cpu-2core-readers.md): on a CPU backend the network and the readers
+    share the cores and decoding a tile costs about a tenth of running it, so one reader per 8 cores (at
+    least one) keeps the backend fed without taking its cores; a GPU backend leaves the host's cores to
+    the readers (decoding scales with threads: OpenSlide and numpy release the GIL), less one for the
+    thread that drives the device, at most 32.
+    """
+    if workers != "auto":
+        return int(workers)
+    cores = cores or available_cores()
+    if device.lower().startswith("cpu"):
+        return max(1, cores // 8)
+    return max(2, min(cores - 1, 32))
 
 
 @contextlib.contextmanager
@@ -153,7 +204,9 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
     description = backend.description
     plan = plan_read(slide, _target_mpp(description, opts), opts.level)
     grid = TileGrid(plan.size, opts.tile, opts.overlap, description.stride)
+    t0 = time.perf_counter()
     keep, tiles, tissue = select_tiles(slide, grid, plan, opts.tissue)
+    t_tissue = time.perf_counter() - t0
 
     labels = np.full(grid.map_shape, 255, dtype=np.uint8)
     probs = None
@@ -165,6 +218,7 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
 
     name = Path(getattr(slide, "path", "slide")).name
     timings, scores = _infer_tiles(slide, plan, grid, tiles, backend, stitcher, opts, name)
+    timings["tissue"] = t_tissue
     t0 = time.perf_counter()
     stitcher.finish()
     timings["stitch"] += time.perf_counter() - t0
@@ -236,41 +290,50 @@ def _mask_size(slide, out_mpp: float | None) -> tuple[tuple[int, int], float | N
 def _infer_tiles(
     slide, plan: ReadPlan, grid: TileGrid, tiles: list[Tile], backend: Backend, stitcher, opts, name: str
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """Run every tile through the backend, reading ahead on `opts.workers` threads.
+    """Run every tile through the backend, reading ahead on `reader_budget(...)` threads.
 
-    Batches reach the backend through `Backend.infer_stream`, so a backend that overlaps copies with
-    compute may take batch k+1 before it returns batch k: `in_flight` pairs outputs with their tiles.
-    "infer" is the time spent inside the backend's stream, less the time it waited for the readers.
+    Readers decode single tiles straight into a fixed ring of batch buffers, so many readers can fill one
+    batch (a GPU wants hundreds of tiles per second) and memory does not grow with the reader count. A
+    buffer is refilled only after its batch's outputs are stitched: `Backend.infer_stream` may take batch
+    k+1 before it returns batch k (`in_flight` pairs outputs with their tiles), and the inputs it holds
+    must stay intact. "infer" is the time spent inside the backend's stream, less the time it waited for
+    the readers.
     """
     timings = dict.fromkeys(("read", "wait", "infer", "stitch"), 0.0)
     scores = None
-
-    def read_batch(batch: list[Tile]) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        pixels = np.empty((len(batch), grid.tile, grid.tile, 3), dtype=np.uint8)
-        for i, t in enumerate(batch):
-            pixels[i] = _read(slide, plan, t, grid.tile)
-        return pixels, time.perf_counter() - t0
-
+    readers = reader_budget(opts.workers, backend.device)
     batches = iter([tiles[i : i + opts.batch] for i in range(0, len(tiles), opts.batch)])
-    depth = opts.workers + opts.prefetch
-    pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="segcls-read")
-    pending: deque = deque()  # (tiles, future of their pixels), in reading order
-    in_flight: deque = deque()  # tiles handed to the backend whose outputs have not come back
+    shape = (min(opts.batch, max(len(tiles), 1)), grid.tile, grid.tile, 3)
+    free = [np.empty(shape, dtype=np.uint8) for _ in range(3 + opts.prefetch)]
+    pool = ThreadPoolExecutor(readers, thread_name_prefix="segcls-read")
+    pending: deque = deque()  # (tiles, buffer, futures of the tiles' reads), in reading order
+    in_flight: deque = deque()  # (tiles, buffer) handed to the backend whose outputs have not come back
+
+    def read_into(buffer: np.ndarray, i: int, t: Tile) -> float:
+        t0 = time.perf_counter()
+        buffer[i] = _read(slide, plan, t, grid.tile)
+        return time.perf_counter() - t0
+
+    def submit() -> None:
+        while free and (batch := next(batches, None)) is not None:
+            buffer = free.pop()
+            pending.append((batch, buffer, [pool.submit(read_into, buffer, i, t) for i, t in enumerate(batch)]))
 
     def pixel_batches():
         while True:
-            while len(pending) < depth and (batch := next(batches, None)) is not None:
-                pending.append((batch, pool.submit(read_batch, batch)))
+            submit()
+            if not pending and (batch := next(batches, None)) is not None:
+                # Only a backend holding more batches than the ring has gets here: one more buffer.
+                buffer = np.empty(shape, dtype=np.uint8)
+                pending.append((batch, buffer, [pool.submit(read_into, buffer, i, t) for i, t in enumerate(batch)]))
             if not pending:
                 return
-            batch, future = pending.popleft()
+            batch, buffer, futures = pending.popleft()
             t0 = time.perf_counter()
-            pixels, read_seconds = future.result()
+            timings["read"] += sum(f.result() for f in futures)
             timings["wait"] += time.perf_counter() - t0
-            timings["read"] += read_seconds
-            in_flight.append(batch)
-            yield pixels
+            in_flight.append((batch, buffer))
+            yield buffer[: len(batch)]
 
     bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not opts.progress, leave=False)
     try:
@@ -283,11 +346,12 @@ def _infer_tiles(
             timings["infer"] += t1 - t0 - (timings["wait"] - wait0)
             if out is None:
                 break
-            batch = in_flight.popleft()
+            batch, buffer = in_flight.popleft()
             for i, t in enumerate(batch):
                 stitcher.add(t, out.labels[i], out.probs[i])
             batch_scores = np.asarray(out.class_scores, dtype=np.float32).max(axis=0)
             scores = batch_scores if scores is None else np.maximum(scores, batch_scores)
+            free.append(buffer)
             timings["stitch"] += time.perf_counter() - t1
             bar.update(len(batch))
     finally:
@@ -338,6 +402,7 @@ def _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds
         "tiles_per_s": round(len(tiles) / seconds, 2) if seconds else None,
         "infer_tiles_per_s": round(len(tiles) / timings["infer"], 2) if timings["infer"] else None,
         "backend": backend.name,
+        "readers": reader_budget(opts.workers, backend.device),
         "device": backend.device,
         "outputs": {k: str(v) for k, v in outputs.items()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},

@@ -1,0 +1,149 @@
+"""Read-only throughput: the pipeline's own readers feeding a backend that costs nothing.
+
+`--workers auto` is chosen from these numbers (runtime/pipeline.py `reader_budget`): how many 1024 px
+tiles per second N reader threads decode from a slide, on this machine's cores, with the same reading
+code, batch buffers and tile order as `segcls-infer`.
+
+    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [--json F]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
+from segcls.cli._common import handle_errors
+from segcls.description import ModelDescription
+from segcls.runtime.backends.base import Backend, BackendOutput
+
+
+class NullBackend(Backend):
+    """Outputs of the right shape, computed in no time: what is left is reading and the pipeline's loop."""
+
+    name = "none"
+
+    def __init__(self, mpp: float | None = None, classes: int = 2) -> None:
+        super().__init__()
+        self._description = ModelDescription(classes=tuple(f"c{i}" for i in range(classes)), mpp=mpp)
+        self._out: BackendOutput | None = None
+
+    def load(self) -> None:
+        self.description = self._description
+
+    def infer(self, batch: np.ndarray) -> BackendOutput:
+        b, h, w = batch.shape[0], batch.shape[1] // 8, batch.shape[2] // 8
+        if self._out is None or self._out.labels.shape != (b, h, w):
+            c = self.description.num_classes
+            self._out = BackendOutput(
+                np.zeros((b, h, w), np.uint8), np.zeros((b, c, h, w), np.float32), np.zeros((b, c), np.float32)
+            )
+        return self._out
+
+
+class _Discard:
+    def add(self, tile, labels, probs=None) -> None:
+        pass
+
+
+def read_throughput(slide, plan, tiles, grid, workers: int, batch: int = 4) -> dict:
+    """Tiles/s of the pipeline's reading loop (`_infer_tiles`) over `tiles` with `workers` readers."""
+    from segcls.runtime.pipeline import InferOptions, _infer_tiles
+
+    opts = InferOptions(tile=grid.tile, overlap=grid.overlap, batch=batch, workers=workers, progress=False)
+    backend = NullBackend()
+    backend.load()
+    start = time.perf_counter()
+    timings, _ = _infer_tiles(slide, plan, grid, tiles, backend, _Discard(), opts, "read-only")
+    seconds = time.perf_counter() - start
+    return {
+        "workers": workers,
+        "tiles": len(tiles),
+        "seconds": round(seconds, 3),
+        "tiles_per_s": round(len(tiles) / seconds, 2),
+        "read_s_per_tile": round(timings["read"] / max(len(tiles), 1), 4),
+    }
+
+
+def reader_scaling(
+    slide_path: str | Path,
+    workers: list[int],
+    mpp: float | None = None,
+    tile: int = 1024,
+    overlap: int = 64,
+    rounds: int = 3,
+    max_tiles: int = 64,
+) -> dict:
+    """Read-only tiles/s per reader count, rounds alternating over the counts; median and range."""
+    from segcls.runtime.slide import open_slide
+    from segcls.runtime.tiling import TileGrid, plan_read
+
+    with open_slide(slide_path) as slide:
+        plan = plan_read(slide, mpp or slide.mpp, None)
+        grid = TileGrid(plan.size, tile, overlap)
+        tiles = list(grid)[:max_tiles]
+        read_throughput(slide, plan, tiles[: 2 * len(workers)], grid, max(workers))  # warm the file cache
+        runs: dict[int, list[float]] = {w: [] for w in workers}
+        for _ in range(rounds):
+            for w in workers:
+                runs[w].append(read_throughput(slide, plan, tiles, grid, w)["tiles_per_s"])
+    rows = [
+        {"workers": w, "tiles_per_s": float(np.median(v)), "min": min(v), "max": max(v), "runs": v}
+        for w, v in runs.items()
+    ]
+    return {
+        "slide": str(slide_path),
+        "size": list(slide.dimensions),
+        "read_size": list(plan.size),
+        "level": plan.level,
+        "tile": tile,
+        "overlap": overlap,
+        "tiles": len(tiles),
+        "rounds": rounds,
+        "rows": rows,
+    }
+
+
+def markdown(results: list[dict], env: dict) -> str:
+    lines = [machine_line(env), ""]
+    for r in results:
+        lines += [
+            f"`{Path(r['slide']).name}` ({r['size'][0]} x {r['size'][1]}, read at level {r['level']} as "
+            f"{r['read_size'][0]} x {r['read_size'][1]}; {r['tiles']} tiles of {r['tile']} px, overlap "
+            f"{r['overlap']}, median of {r['rounds']} alternating rounds)",
+            "",
+            "| reader threads | tiles/s | range | vs 1 thread |",
+            "|---|---|---|---|",
+        ]
+        base = r["rows"][0]["tiles_per_s"]
+        for row in r["rows"]:
+            lines.append(
+                f"| {row['workers']} | {row['tiles_per_s']:.1f} | {row['min']:.1f}-{row['max']:.1f} "
+                f"| {row['tiles_per_s'] / base:.2f}x |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+@click.command("readers")
+@click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--workers", default="1,2,4", show_default=True, help="Reader thread counts, comma-separated.")
+@click.option("--mpp", type=float, help="Read resolution, um/px [default: the slide's level 0].")
+@click.option("--tile", default=1024, show_default=True)
+@click.option("--overlap", default=64, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+@click.option("--max-tiles", default=64, show_default=True, help="Tiles read per measurement.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
+@handle_errors
+def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, json_path) -> None:
+    """Read-only tiles/s of the pipeline's readers vs the number of reader threads."""
+    counts = [int(w) for w in workers.split(",")]
+    results = [reader_scaling(s, counts, mpp, tile, overlap, rounds, max_tiles) for s in slides]
+    env = environment()
+    text = markdown(results, env)
+    click.echo(text)
+    if json_path:
+        write_results(json_path, {"environment": env, "command": command_line(), "results": results}, text)

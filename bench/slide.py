@@ -1,0 +1,202 @@
+"""`segcls-bench slide`: segcls-infer against the loops users write instead, on one slide, in one run.
+
+Each method (segcls, the plain loop, the whole-frame sliding window; bench/baselines.py) runs in its own
+fresh process, so wall time includes imports and model loading for all three and peak RSS is each
+method's own. Rounds alternate the methods, and every ratio is taken within a round, then the median and
+range over rounds are reported: on a shared machine the load moves between rounds, not within one pair.
+
+    segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [--json F]
+
+JSON keys: `e2e_over_backend` (pipeline tiles/s over the backend alone on the same tiles in memory),
+`e2e_over_read` (over the readers alone), `speedup_vs_plain_loop`, `speedup_vs_sliding_window` (wall time
+of the baseline over segcls'), each {median, min, max}, and per method the wall times, tiles run and peak
+RSS; for segcls the pipeline's per-stage times (read+decode, tissue, inference, stitch, write).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
+from segcls.cli._common import handle_errors
+from segcls.errors import SegclsError
+
+METHODS = ("segcls", "plain", "window")
+LABELS = {
+    "segcls": "segcls-infer (defaults)",
+    "plain": "plain loop: read_region per 1024 px tile, ORT batch 1, numpy canvas, tifffile.imwrite",
+    "window": "MONAI sliding_window_inference (roi 1024, overlap 1/16, gaussian), ORT predictor",
+}
+
+
+def run_method(method: str, slide: Path, model: Path, out: Path, mpp: float | None, options: dict) -> dict:
+    """One method in a fresh Python process; its JSON line plus the wall time seen from outside."""
+    cmd = [sys.executable, "-m", "segcls.bench.baselines", method, str(slide), str(model), str(out)]
+    if mpp is not None:
+        cmd += ["--mpp", str(mpp)]
+    if method == "segcls" and options:
+        cmd += ["--options", json.dumps(options)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SegclsError(f"the {method} run failed (exit {done.returncode}): {last}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": round(float(np.median(values)), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def bench_slide(
+    slide: str | Path,
+    model: str | Path,
+    mpp: float | None = None,
+    rounds: int = 3,
+    methods: tuple[str, ...] = METHODS,
+    options: dict | None = None,
+    keep_masks: Path | None = None,
+) -> dict:
+    """Alternate `methods` over `rounds`; per-round ratios, medians and ranges. See the module docstring."""
+    slide, model = Path(slide), Path(model)
+    if "window" in methods and importlib.util.find_spec("monai") is None:
+        methods = tuple(m for m in methods if m != "window")  # the optional `bench` extra is not installed
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(keep_masks or tmp)
+        for r in range(rounds):
+            order = methods if r % 2 == 0 else methods[::-1]  # no method always runs first or last
+            for method in order:
+                runs[method].append(run_method(method, slide, model, folder / f"{method}.tif", mpp, options or {}))
+    return summarize(slide, model, runs, rounds, options or {})
+
+
+def summarize(slide: Path, model: Path, runs: dict[str, list[dict]], rounds: int, options: dict) -> dict:
+    segcls = runs["segcls"]
+    result = {
+        "slide": str(slide),
+        "model": str(model),
+        "rounds": rounds,
+        "options": options,
+        "read_size": segcls[0]["size"],
+        "e2e_over_backend": _spread([s["e2e_tiles_per_s"] / s["backend_only"]["tiles_per_s"] for s in segcls]),
+        "e2e_over_read": _spread([s["e2e_tiles_per_s"] / s["read_only"]["tiles_per_s"] for s in segcls]),
+    }
+    for method, key in (("plain", "speedup_vs_plain_loop"), ("window", "speedup_vs_sliding_window")):
+        if method in runs:
+            result[key] = _spread([b["wall_s"] / s["wall_s"] for b, s in zip(runs[method], segcls, strict=True)])
+        else:
+            result[key] = None  # MONAI not installed
+    result["methods"] = {
+        m: {
+            "label": LABELS[m],
+            "wall_s": _spread([x["wall_s"] for x in v]),
+            "tiles": v[0]["tiles"],
+            "peak_rss_mb": _spread([x["peak_rss_mb"] for x in v]),
+            "mask_size": v[0]["size"],
+        }
+        for m, v in runs.items()
+    }
+    stages = {
+        "read+decode (reader threads)": "read",
+        "waiting for readers": "wait",
+        "tissue": "tissue",
+        "inference": "infer",
+        "stitch": "stitch",
+        "write": "write",
+        "total": "total",
+    }
+    timings = [s["summary"]["timings_s"] for s in segcls]
+    result["segcls_stages_s"] = {name: _spread([t.get(key, 0.0) for t in timings]) for name, key in stages.items()}
+    result["segcls"] = {
+        "readers": segcls[0]["summary"]["readers"],
+        "backend": segcls[0]["summary"]["backend"],
+        "device": segcls[0]["summary"]["device"],
+        "e2e_tiles_per_s": _spread([s["e2e_tiles_per_s"] for s in segcls]),
+        "backend_only_tiles_per_s": _spread([s["backend_only"]["tiles_per_s"] for s in segcls]),
+        "read_only_tiles_per_s": _spread([s["read_only"]["tiles_per_s"] for s in segcls]),
+        "tiles": segcls[0]["summary"]["tiles"],
+    }
+    result["runs"] = runs
+    return result
+
+
+def markdown(result: dict, env: dict) -> str:
+    def fmt(s: dict | None, unit: str = "") -> str:
+        if s is None:
+            return "n/a"
+        return f"{s['median']:.2f}{unit} ({s['min']:.2f}-{s['max']:.2f})"
+
+    seg = result["segcls"]
+    tiles = seg["tiles"]
+    lines = [
+        machine_line(env),
+        "",
+        f"Slide `{Path(result['slide']).name}` read as {result['read_size'][0]} x {result['read_size'][1]}; "
+        f"model `{Path(result['model']).name}`; {result['rounds']} rounds alternating the methods, each run in "
+        f"its own process; median (range). segcls: {seg['backend']} on {seg['device']}, {seg['readers']} "
+        f"reader thread(s), {tiles['run']} of {tiles['total']} tiles run.",
+        "",
+        "| method | wall s | tiles run | peak RSS MB |",
+        "|---|---|---|---|",
+    ]
+    for m in result["methods"].values():
+        lines.append(f"| {m['label']} | {fmt(m['wall_s'])} | {m['tiles']} | {fmt(m['peak_rss_mb'])} |")
+    lines += [
+        "",
+        "| ratio (same round) | median (range) |",
+        "|---|---|",
+        f"| speedup vs plain loop | {fmt(result['speedup_vs_plain_loop'], 'x')} |",
+        f"| speedup vs sliding window | {fmt(result['speedup_vs_sliding_window'], 'x')} |",
+        f"| e2e / backend-only tiles/s | {fmt(result['e2e_over_backend'])} |",
+        f"| e2e / read-only tiles/s | {fmt(result['e2e_over_read'])} |",
+        "",
+        f"segcls tiles/s: e2e {fmt(seg['e2e_tiles_per_s'])}, backend-only {fmt(seg['backend_only_tiles_per_s'])}, "
+        f"read-only {fmt(seg['read_only_tiles_per_s'])}",
+        "",
+        "| segcls stage | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {fmt(v)} |" for name, v in result["segcls_stages_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+@click.command("slide")
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--methods",
+    default=",".join(METHODS),
+    show_default=True,
+    help="Comma-separated subset of segcls,plain,window (segcls is always run).",
+)
+@click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="An InferOptions field for segcls.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
+@handle_errors
+def slide_command(slide, model, mpp, rounds, methods, options, json_path) -> None:
+    """segcls-infer vs the plain loop and the whole-frame sliding window on SLIDE: wall, tiles, peak RSS."""
+    chosen = tuple(m for m in METHODS if m == "segcls" or m in methods.split(","))
+    opts = {}
+    for item in options:
+        key, _, value = item.partition("=")
+        opts[key] = json.loads(value)
+    result = bench_slide(slide, model, mpp, rounds, chosen, opts)
+    env = environment()
+    text = markdown(result, env)
+    click.echo(text)
+    if json_path:
+        write_results(json_path, {"environment": env, "command": command_line(), **result}, text)

@@ -1,0 +1,92 @@
+"""segcls-bench slide and readers: the JSON has its keys, each baseline writes a mask of the read frame."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import tifffile
+from _runtime_models import exported_onnx
+from click.testing import CliRunner
+
+from segcls.bench.baselines import plain_loop, sliding_window
+from segcls.bench.cli import main
+from segcls.runtime.slide import open_slide
+from segcls.runtime.tiling import plan_read
+
+CMU = Path(__file__).parent / "data" / "cmu-1-small-region.svs"
+HAVE_MONAI = importlib.util.find_spec("monai") is not None
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return exported_onnx(tmp_path_factory)  # random weights, trained mpp 2.0
+
+
+def read_frame_shape(mpp: float) -> tuple[int, int]:
+    with open_slide(CMU) as slide:
+        w, h = plan_read(slide, mpp).size
+    return h, w
+
+
+def test_plain_loop_writes_a_mask_of_the_read_frame(model, tmp_path):
+    out = tmp_path / "plain.tif"
+    result = plain_loop(CMU, model, out, mpp=2.0)
+    mask = tifffile.imread(out)
+    assert mask.shape == read_frame_shape(2.0) == (741, 554)
+    assert result["tiles"] == 1 and result["size"] == [554, 741]
+    assert mask.dtype.name == "uint8" and mask.max() < 3  # class indices of a 3-class model
+
+
+@pytest.mark.skipif(not HAVE_MONAI, reason="monai (the optional bench extra) is not installed")
+def test_sliding_window_writes_a_mask_of_the_read_frame(model, tmp_path):
+    out = tmp_path / "window.tif"
+    result = sliding_window(CMU, model, out, mpp=1.0)
+    mask = tifffile.imread(out)
+    assert mask.shape == read_frame_shape(1.0) == (1481, 1108)
+    assert result["tiles"] == 4  # 2 x 2 windows of 1024 with 1/16 overlap over 1108 x 1481
+    assert mask.max() < 3
+
+
+def test_bench_slide_json_has_its_keys(model, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "--json", str(out)]
+    args += ["--option", "tile=256", "--option", "overlap=32"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    result = json.loads(out.read_text())
+    for key in ("e2e_over_backend", "e2e_over_read", "speedup_vs_plain_loop", "speedup_vs_sliding_window"):
+        assert key in result
+    for key in ("e2e_over_backend", "e2e_over_read", "speedup_vs_plain_loop"):
+        assert result[key]["median"] > 0
+    assert (result["speedup_vs_sliding_window"] is not None) == HAVE_MONAI
+    methods = result["methods"]
+    assert methods["segcls"]["tiles"] == 12  # 554 x 741 in 256 px tiles with 192 px cores: 3 x 4
+    assert methods["plain"]["tiles"] == 1
+    for m in methods.values():
+        assert m["mask_size"] == [554, 741] and m["peak_rss_mb"]["median"] > 0
+    stages = result["segcls_stages_s"]
+    assert set(stages) >= {"read+decode (reader threads)", "tissue", "inference", "stitch", "write", "total"}
+    assert result["environment"]["versions"]["onnxruntime"]
+    assert "speedup vs plain loop" in out.with_suffix(".md").read_text()
+
+
+def test_bench_slide_reports_a_failed_method_in_one_line(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a model")
+    done = CliRunner().invoke(main, ["slide", str(CMU), "--model", str(bad), "--rounds", "1"])
+    assert done.exit_code != 0
+    assert done.output.startswith("Error: the segcls run failed") and len(done.output.splitlines()) == 1
+
+
+def test_readers_command(tmp_path):
+    out = tmp_path / "readers.json"
+    args = ["readers", str(CMU), "--workers", "1,2", "--rounds", "1", "--max-tiles", "6", "--json", str(out)]
+    args += ["--tile", "512"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    (result,) = json.loads(out.read_text())["results"]
+    assert [r["workers"] for r in result["rows"]] == [1, 2]
+    assert result["tiles"] == 6 and all(r["tiles_per_s"] > 0 for r in result["rows"])

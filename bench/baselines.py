@@ -1,6 +1,6 @@
 """The two loops users write instead of segcls-infer, as baselines for `segcls-bench slide`.
 
-plain_loop: `read_region` of every 1024 px tile of the read frame (no overlap, no tissue detection), ONNX
+plain_loop: OpenSlide's `read_region` of every 1024 px tile of the read frame (no overlap, no tissue detection), ONNX
 Runtime at batch 1 with its default session options, the labels upsampled into a full-size numpy canvas,
 `tifffile.imwrite`. sliding_window: the whole read frame held in memory, MONAI's
 `sliding_window_inference` (roi 1024, overlap 1/16, gaussian weights) with ONNX Runtime as its
@@ -50,6 +50,17 @@ def _plan(slide, model: Path, mpp: float | None):
     return plan_read(slide, mpp if mpp is not None else description.mpp)
 
 
+def _open(slide_path: str | Path):
+    """The slide as an OpenSlide user reads it: OpenSlide's own decoder (not segcls' direct TIFF decode)."""
+    from segcls.errors import SlideError
+    from segcls.runtime.slide import OpenSlideSlide, open_slide
+
+    try:
+        return OpenSlideSlide(slide_path, direct=False)
+    except SlideError:  # a file OpenSlide cannot open at all: whatever reads it
+        return open_slide(slide_path)
+
+
 def _write(out: Path, canvas: np.ndarray) -> None:
     import tifffile
 
@@ -58,12 +69,11 @@ def _write(out: Path, canvas: np.ndarray) -> None:
 
 def plain_loop(slide_path: str | Path, model: str | Path, out: str | Path, mpp: float | None = None) -> dict:
     """The per-tile loop: read, infer (batch 1), paste into a full-size canvas, write."""
-    from segcls.runtime.slide import open_slide
     from segcls.runtime.tiling import read_tile
 
     start = time.perf_counter()
     session = _session(Path(model))
-    with open_slide(slide_path) as slide:
+    with _open(slide_path) as slide:
         plan = _plan(slide, Path(model), mpp)
         width, height = plan.size
         canvas = np.zeros((height, width), dtype=np.uint8)
@@ -101,11 +111,9 @@ def sliding_window(slide_path: str | Path, model: str | Path, out: str | Path, m
     import torch
     from monai.inferers import sliding_window_inference
 
-    from segcls.runtime.slide import open_slide
-
     start = time.perf_counter()
     session = _session(Path(model))
-    with open_slide(slide_path) as slide:
+    with _open(slide_path) as slide:
         plan = _plan(slide, Path(model), mpp)
         frame = read_frame(slide, plan)
     width, height = plan.size

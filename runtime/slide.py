@@ -167,9 +167,17 @@ class Slide(ABC):
 
 
 class OpenSlideSlide(Slide):
-    """A slide read by OpenSlide; read-time failures (e.g. a truncated file) become `SlideError`."""
+    """A slide read by OpenSlide; read-time failures (e.g. a truncated file) become `SlideError`.
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+    With `direct=True` (the default), regions of a tiled TIFF-based slide (generic TIFF, Aperio) are
+    decoded by tifffile + imagecodecs instead, when they give the very same pixels (`_direct_reader`):
+    OpenSlide decodes to premultiplied ARGB that openslide-python converts back to RGBA, and that costs
+    0.17-0.18 s per 1024 px region on 2 cores here against 0.04-0.05 s for the direct decode of the
+    same tiles (a synthetic JPEG pyramid and the Aperio test slide, bit-identical). Metadata, levels and
+    mpp always come from OpenSlide.
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None, direct: bool = True) -> None:
         import openslide
 
         super().__init__(path, mpp)
@@ -179,6 +187,12 @@ class OpenSlideSlide(Slide):
         except (openslide.OpenSlideError, OSError) as e:
             raise SlideError(f"cannot open slide {path}: {_one_line(e)}") from None
         self.level_dimensions = tuple(self._osr.level_dimensions)
+        self._direct = _direct_reader(self) if direct else None
+
+    @property
+    def decoder(self) -> str:
+        """Who decodes the pixels: "tifffile" (same pixels, faster) or "openslide"."""
+        return "tifffile" if self._direct is not None else "openslide"
 
     @property
     def properties(self) -> MappingProxyType:
@@ -193,6 +207,12 @@ class OpenSlideSlide(Slide):
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         w, h = self._check_request(level, size)
+        if self._direct is not None:
+            return self._direct.read_region(location, level, (w, h))
+        return self._openslide_region(location, level, (w, h))
+
+    def _openslide_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        w, h = size
         try:
             region = self._osr.read_region((int(location[0]), int(location[1])), level, (w, h))
         except self._error as e:
@@ -201,7 +221,49 @@ class OpenSlideSlide(Slide):
         return _composite_white(np.asarray(region))
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._osr.close()
+
+
+# TIFF compressions whose tiles tifffile + imagecodecs decode (none, LZW, JPEG, deflate, Adobe deflate).
+_DIRECT_COMPRESSIONS = (1, 5, 7, 8, 32946)
+_DIRECT_VENDORS = ("generic-tiff", "aperio")
+_PROBE = 64
+
+
+def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
+    """A tifffile reader of `slide`'s levels if it decodes them exactly as OpenSlide does, else None.
+
+    Qualify: generic TIFF and Aperio files whose tiled levels tifffile sees at the same sizes, with a
+    compression it decodes, and a probe region at the centre of every level that decodes to the same
+    pixels both ways (so a colour-space or JPEG-table quirk falls back to OpenSlide, not to other pixels).
+    """
+    if slide._osr.properties.get("openslide.vendor") not in _DIRECT_VENDORS:
+        return None
+    try:
+        direct = TiffSlide(slide.path)
+    except SlideError:
+        return None
+    try:
+        pages = direct._pages
+        same = direct.level_dimensions == slide.level_dimensions and all(
+            p.is_tiled and int(p.compression) in _DIRECT_COMPRESSIONS for p in pages
+        )
+        w0, h0 = slide.dimensions
+        for level in range(slide.level_count) if same else ():
+            location, size = (w0 // 2, h0 // 2), (_PROBE, _PROBE)
+            if not np.array_equal(
+                direct.read_region(location, level, size), slide._openslide_region(location, level, size)
+            ):
+                same = False
+                break
+    except SlideError:
+        same = False
+    if not same:
+        direct.close()
+        return None
+    return direct
 
 
 class TiffSlide(Slide):

@@ -147,3 +147,22 @@ def test_read_region_rejects_bad_level_and_size():
             slide.read_region((0, 0), 1, (10, 10))
         with pytest.raises(SlideError):
             slide.read_region((0, 0), 0, (0, 10))
+
+
+def test_direct_decode_gives_openslides_pixels():
+    """Tiled TIFF slides are decoded by tifffile (faster) only where the pixels are OpenSlide's own."""
+    with open_slide(CMU) as fast, OpenSlideSlide(CMU, direct=False) as reference:
+        assert fast.decoder == "tifffile" and reference.decoder == "openslide"
+        for location, size in (((0, 0), (512, 512)), ((1001, 1499), (333, 257)), ((2000, 2800), (400, 300))):
+            assert np.array_equal(fast.read_region(location, 0, size), reference.read_region(location, 0, size))
+        assert fast.properties == reference.properties and fast.mpp == reference.mpp
+
+
+def test_direct_decode_falls_back_to_openslide_when_pixels_differ(monkeypatch):
+    import segcls.runtime.slide as slide_module
+
+    real = slide_module.TiffSlide.read_region
+    monkeypatch.setattr(slide_module.TiffSlide, "read_region", lambda self, *a: real(self, *a) // 2)
+    with open_slide(CMU) as slide:
+        assert slide.decoder == "openslide"
+        assert slide.read_region((1000, 1500), 0, (64, 64)).max() > 128

@@ -10,8 +10,10 @@ def main() -> None:
     """Measure segcls: backend latency (`latency`) and whole-slide runs against the loops users write (`slide`)."""
 
 
+from segcls.bench.overlap import overlap_command  # noqa: E402
 from segcls.bench.readers import readers_command  # noqa: E402 - commands register after the group exists
 from segcls.bench.slide import slide_command  # noqa: E402
 
 main.add_command(slide_command)
 main.add_command(readers_command)
+main.add_command(overlap_command)

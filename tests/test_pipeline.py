@@ -303,3 +303,59 @@ def test_user_tissue_mask_and_out_mpp(backend, image, tmp_path):
         page = tif.pages[0]
         assert (page.imagewidth, page.imagelength) == (312, 240)  # 624 x 480 at 2 um/px -> 4 um/px
         assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == pytest.approx(2500)
+
+
+class ColourBackend(Backend):
+    """Labels from the pixels themselves (numpy only, instant), recording where each input batch lives."""
+
+    name = "colour"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffers: set[int] = set()
+        self.kept: list[np.ndarray] = []  # kept alive, so a fresh array per batch would get a fresh address
+
+    def load(self) -> None:
+        from segcls.description import ModelDescription
+
+        self.description = ModelDescription(classes=("a", "b", "c"), mpp=2.0)
+
+    def infer(self, batch):
+        from segcls.runtime.backends.base import BackendOutput
+
+        self.buffers.add(batch.__array_interface__["data"][0])
+        self.kept.append(batch)
+        small = batch[:, 4::8, 4::8].astype(np.float32) / 255
+        probs = np.moveaxis(small, -1, 1)
+        return BackendOutput(probs.argmax(1).astype(np.uint8), probs, probs.max((2, 3)))
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_batch_buffers_are_reused_not_grown(image, tmp_path, ahead):
+    """Many readers fill a fixed ring of (3 + prefetch) batch buffers whatever the number of batches or
+    readers, and a backend that holds a batch while taking the next still gets intact pixels."""
+    reference = ColourBackend()
+    reference.load()
+    _, expected, _ = run(reference, image, tmp_path, tile=64, overlap=16, batch=2, workers=1)
+    colour = ColourBackend()
+    colour.load()
+    backend = ReadAheadBackend(colour) if ahead else colour
+    backend.load()
+    result, labels, _ = run(backend, image, tmp_path, tile=64, overlap=16, batch=2, workers=4, prefetch=1)
+    assert result.summary["tiles"]["run"] == 300 and result.summary["readers"] == 4  # 150 batches
+    np.testing.assert_array_equal(labels, expected)
+    assert 2 <= len(colour.buffers) <= 4
+
+
+def test_workers_auto_budget():
+    from segcls.runtime.pipeline import reader_budget
+
+    assert reader_budget("auto", "CPUExecutionProvider", cores=2) == 1  # the backend keeps both cores
+    assert reader_budget("auto", "cpu", cores=16) == 2
+    assert reader_budget("auto", "cuda:0 (NVIDIA H200)", cores=16) == 15  # a GPU box: readers on every core
+    assert reader_budget("auto", "CUDAExecutionProvider", cores=2) == 2
+    assert reader_budget(3, "cpu", cores=2) == 3
+    assert InferOptions(workers="auto").workers == "auto" and InferOptions(workers="2").workers == 2
+    for bad in ("many", 0):
+        with pytest.raises(SegclsError, match="--workers"):
+            InferOptions(workers=bad)

@@ -1,0 +1,132 @@
+"""How much context a tile needs: labels of tiled inference vs whole-image inference, per overlap and tile.
+
+A region of a slide, read at the model's resolution, is run once whole (on white glass, like the tiles at
+its edges see) and then through `infer_slide` (crop stitching) with each tile size and overlap. The
+agreement is the fraction of stride-8 label-map pixels on which the two agree; the network work is the
+input pixels the tiles feed the network per frame pixel. docs/overlap.md has the table and the choice.
+
+    segcls-bench overlap SLIDE --model MODEL [--mpp 1.0] [--size 2048] [--json F]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
+from segcls.cli._common import handle_errors
+
+GLASS = 256  # white margin around the whole image: more than the network's receptive field reaches
+
+
+def whole_image_labels(backend, image: np.ndarray) -> np.ndarray:
+    """Stride-8 labels of `image` run whole, on white glass, cropped back to the image."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((GLASS, GLASS + (-h % 16)), (GLASS, GLASS + (-w % 16)), (0, 0)), constant_values=255)
+    labels = backend.infer(padded[None]).labels[0]
+    g = GLASS // 8
+    return labels[g : g + -(-h // 8), g : g + -(-w // 8)]
+
+
+def overlap_agreement(
+    model: str | Path,
+    image: np.ndarray,
+    mpp: float,
+    overlaps: tuple[int, ...] = (0, 16, 32, 64, 128),
+    tiles: tuple[int, ...] = (512, 1024),
+) -> list[dict]:
+    """One row per (tile, overlap): labels agreement with whole-image inference and the network work."""
+    from PIL import Image
+
+    from segcls.runtime.pipeline import InferOptions, infer_slide, open_model
+    from segcls.runtime.slide import open_slide
+
+    h, w = image.shape[:2]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, open_model(model) as backend:
+        whole = whole_image_labels(backend, image)
+        png = Path(tmp) / "region.png"
+        Image.fromarray(image).save(png)
+        with open_slide(png, mpp=mpp) as slide:
+            for tile in tiles:
+                for overlap in overlaps:
+                    opts = InferOptions(tile=tile, overlap=overlap, tissue="none", mpp=mpp, progress=False)
+                    result = infer_slide(slide, backend, Path(tmp) / "mask.tif", opts)
+                    run = result.summary["tiles"]["run"]
+                    rows.append({
+                        "tile": tile,
+                        "overlap": overlap,
+                        "tiles": run,
+                        "agreement": float((result.labels == whole).mean()),
+                        "work": run * tile * tile / (w * h),  # network input px per frame px
+                        "core_work": (tile / (tile - 2 * overlap)) ** 2,  # the same, away from the edges
+                    })  # fmt: skip
+    return rows
+
+
+def choose(rows: list[dict], tile: int, needed: float = 0.995) -> dict | None:
+    """The least-work overlap at `tile` whose agreement is at least `needed`."""
+    ok = [r for r in rows if r["tile"] == tile and r["agreement"] >= needed]
+    return min(ok, key=lambda r: (r["core_work"], r["overlap"])) if ok else None
+
+
+def markdown(result: dict, env: dict) -> str:
+    lines = [
+        machine_line(env),
+        "",
+        f"Region {result['region']} of `{Path(result['slide']).name}` read at {result['mpp']} um/px "
+        f"({result['size'][0]} x {result['size'][1]} px); model `{Path(result['model']).name}`.",
+        "",
+        "| tile | overlap | tiles | labels agreement vs whole image | network work per px (this region) "
+        "| per px, large slide |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['tile']} | {r['overlap']} | {r['tiles']} | {100 * r['agreement']:.2f} % | {r['work']:.2f} "
+            f"| {r['core_work']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@click.command("overlap")
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
+@click.option("--size", default=2048, show_default=True, help="Side of the region, read-frame px.")
+@click.option("--at", default=None, help="X,Y: the region's top left, level-0 px [default: the slide's centre].")
+@click.option("--overlaps", default="0,16,32,64,128", show_default=True)
+@click.option("--tiles", default="512,1024", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
+@handle_errors
+def overlap_command(slide, model, mpp, size, at, overlaps, tiles, json_path) -> None:
+    """Labels agreement of tiled vs whole-image inference per overlap and tile size, on a region of SLIDE."""
+    from segcls.runtime.model_info import read_model_info
+    from segcls.runtime.slide import open_slide
+    from segcls.runtime.tiling import plan_read, read_tile
+
+    mpp = mpp or read_model_info(model).description.mpp
+    with open_slide(slide) as s:
+        plan = plan_read(s, mpp)
+        w0, h0 = s.dimensions
+        x0, y0 = (int(v) for v in at.split(",")) if at else (w0 // 2, h0 // 2)
+        x, y = round(x0 / plan.scale) - size // 2 * (at is None), round(y0 / plan.scale) - size // 2 * (at is None)
+        image = read_tile(s, plan, x, y, size)
+    rows = overlap_agreement(model, image, mpp, tuple(map(int, overlaps.split(","))), tuple(map(int, tiles.split(","))))
+    result = {
+        "slide": str(slide),
+        "model": str(model),
+        "mpp": mpp,
+        "region": [x, y, size, size],
+        "size": [size, size],
+        "rows": rows,
+        "choice": {t: choose(rows, t) for t in map(int, tiles.split(","))},
+    }
+    env = environment()
+    text = markdown(result, env)
+    click.echo(text)
+    if json_path:
+        write_results(json_path, {"environment": env, "command": command_line(), **result}, text)

@@ -68,6 +68,14 @@ def read_throughput(slide, plan, tiles, grid, workers: int, batch: int = 4) -> d
     }
 
 
+def _open(slide_path, decoder: str):
+    from segcls.runtime.slide import OpenSlideSlide, open_slide
+
+    if decoder == "openslide":
+        return OpenSlideSlide(slide_path, direct=False)
+    return open_slide(slide_path)
+
+
 def reader_scaling(
     slide_path: str | Path,
     workers: list[int],
@@ -76,27 +84,37 @@ def reader_scaling(
     overlap: int = 64,
     rounds: int = 3,
     max_tiles: int = 64,
+    decoders: tuple[str, ...] = ("segcls",),
 ) -> dict:
-    """Read-only tiles/s per reader count, rounds alternating over the counts; median and range."""
-    from segcls.runtime.slide import open_slide
+    """Read-only tiles/s per (decoder, reader count), rounds alternating over them; median and range.
+
+    decoder "segcls" is what `open_slide` picks (tifffile's direct decode where it gives OpenSlide's
+    pixels); "openslide" forces OpenSlide's own decoder, the baseline.
+    """
     from segcls.runtime.tiling import TileGrid, plan_read
 
-    with open_slide(slide_path) as slide:
-        plan = plan_read(slide, mpp or slide.mpp, None)
+    slides = {d: _open(slide_path, d) for d in decoders}
+    try:
+        first = next(iter(slides.values()))
+        plan = plan_read(first, mpp or first.mpp, None)
         grid = TileGrid(plan.size, tile, overlap)
         tiles = list(grid)[:max_tiles]
-        read_throughput(slide, plan, tiles[: 2 * len(workers)], grid, max(workers))  # warm the file cache
-        runs: dict[int, list[float]] = {w: [] for w in workers}
+        read_throughput(first, plan, tiles, grid, max(workers))  # warm the page cache
+        runs: dict[tuple[str, int], list[float]] = {(d, w): [] for d in decoders for w in workers}
         for _ in range(rounds):
-            for w in workers:
-                runs[w].append(read_throughput(slide, plan, tiles, grid, w)["tiles_per_s"])
+            for d, w in runs:
+                runs[(d, w)].append(read_throughput(slides[d], plan, tiles, grid, w)["tiles_per_s"])
+        used = {d: getattr(s, "decoder", type(s).__name__) for d, s in slides.items()}
+    finally:
+        for s in slides.values():
+            s.close()
     rows = [
-        {"workers": w, "tiles_per_s": float(np.median(v)), "min": min(v), "max": max(v), "runs": v}
-        for w, v in runs.items()
+        {"decoder": used[d], "workers": w, "tiles_per_s": float(np.median(v)), "min": min(v), "max": max(v), "runs": v}
+        for (d, w), v in runs.items()
     ]
     return {
         "slide": str(slide_path),
-        "size": list(slide.dimensions),
+        "size": list(first.dimensions),
         "read_size": list(plan.size),
         "level": plan.level,
         "tile": tile,
@@ -115,13 +133,13 @@ def markdown(results: list[dict], env: dict) -> str:
             f"{r['read_size'][0]} x {r['read_size'][1]}; {r['tiles']} tiles of {r['tile']} px, overlap "
             f"{r['overlap']}, median of {r['rounds']} alternating rounds)",
             "",
-            "| reader threads | tiles/s | range | vs 1 thread |",
-            "|---|---|---|---|",
+            "| decoder | reader threads | tiles/s | range | vs first row |",
+            "|---|---|---|---|---|",
         ]
         base = r["rows"][0]["tiles_per_s"]
         for row in r["rows"]:
             lines.append(
-                f"| {row['workers']} | {row['tiles_per_s']:.1f} | {row['min']:.1f}-{row['max']:.1f} "
+                f"| {row['decoder']} | {row['workers']} | {row['tiles_per_s']:.1f} | {row['min']:.1f}-{row['max']:.1f} "
                 f"| {row['tiles_per_s'] / base:.2f}x |"
             )
         lines.append("")
@@ -136,12 +154,19 @@ def markdown(results: list[dict], env: dict) -> str:
 @click.option("--overlap", default=64, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 @click.option("--max-tiles", default=64, show_default=True, help="Tiles read per measurement.")
+@click.option(
+    "--decoders",
+    default="segcls",
+    show_default=True,
+    help="segcls (what open_slide picks) and/or openslide (OpenSlide's own decoder), comma-separated.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
 @handle_errors
-def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, json_path) -> None:
+def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, decoders, json_path) -> None:
     """Read-only tiles/s of the pipeline's readers vs the number of reader threads."""
     counts = [int(w) for w in workers.split(",")]
-    results = [reader_scaling(s, counts, mpp, tile, overlap, rounds, max_tiles) for s in slides]
+    chosen = tuple(decoders.split(","))
+    results = [reader_scaling(s, counts, mpp, tile, overlap, rounds, max_tiles, chosen) for s in slides]
     env = environment()
     text = markdown(results, env)
     click.echo(text)

@@ -84,9 +84,11 @@ def test_bench_slide_reports_a_failed_method_in_one_line(tmp_path):
 def test_readers_command(tmp_path):
     out = tmp_path / "readers.json"
     args = ["readers", str(CMU), "--workers", "1,2", "--rounds", "1", "--max-tiles", "6", "--json", str(out)]
-    args += ["--tile", "512"]
+    args += ["--tile", "512", "--decoders", "segcls,openslide"]
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     (result,) = json.loads(out.read_text())["results"]
-    assert [r["workers"] for r in result["rows"]] == [1, 2]
+    assert [(r["decoder"], r["workers"]) for r in result["rows"]] == [
+        (d, w) for d in ("tifffile", "openslide") for w in (1, 2)
+    ]
     assert result["tiles"] == 6 and all(r["tiles_per_s"] > 0 for r in result["rows"])

@@ -147,7 +147,7 @@ def segcls_run(
     out: str | Path,
     mpp: float | None = None,
     options: dict | None = None,
-    backend_tiles: int = 12,
+    backend_tiles: int = 8,
 ) -> dict:
     """`infer_slide` with default options (plus `options`), then the backend alone on up to `backend_tiles`
     of the same tiles held in memory, then the readers alone over every tile run."""

@@ -257,20 +257,21 @@ class _InOrder:
         self.next: tuple[int, int, int, int, int] | None = next(self.requests, None)
         self.pending: deque[tuple[tuple[int, int, int, int, int], Future]] = deque()
 
-    def _fill(self) -> None:
+    def _fill(self, block: bool) -> None:
+        """Submit the next tiles whose rows are final; with `block` and nothing pending, wait for one."""
         while self.next is not None and len(self.pending) < self.window:
             level, _, y, _, h = self.next
-            if not self.writer._ready(level, y, h, wait=not self.pending):
+            if not self.writer._ready(level, y, h, wait=block and not self.pending):
                 return
             self.pending.append((self.next, self.pool.submit(self.writer._tile_bytes, *self.next)))
             self.next = next(self.requests, None)
 
     def __call__(self, level: int, x: int, y: int, w: int, h: int) -> bytes:
-        self._fill()
+        self._fill(block=True)
         request, future = self.pending.popleft()
         if request != (level, x, y, w, h):
             raise RuntimeError(f"tile {(level, x, y, w, h)} asked out of order (expected {request})")
-        self._fill()
+        self._fill(block=False)
         return future.result()
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,28 +199,45 @@ class MaskWriter:
             self._error = e
 
     def _write(self) -> None:
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="segcls-mask-tile") as pool:
-            tiles = _InOrder(self, pool, window=2 * self.workers)
+        parent = self.path.absolute().parent
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="segcls-mask-tile") as pool,
+            tempfile.TemporaryFile(prefix=f".{self.path.name}.", suffix=".spool", dir=parent) as spool,
+        ):
+            tiles = _InOrder(self, pool, 2 * self.workers, spool)
             write_pyramid(self.path, self.size, tiles, **self._write_args)
 
-    def _last_row(self, level: int, y: int, h: int) -> int:
+    def _last_row(self, request: Request) -> int:
         """The label row under the last output row of a tile."""
+        level, _, y, _, h = request
         pixel = self._pixel[level]
         lh = self.sizes[level][1]
         return int(_source_index(y + h - 1, 1, lh, self.labels.shape[0], None if pixel is None else pixel[1])[0])
 
-    def _ready(self, level: int, y: int, h: int, wait: bool) -> bool:
-        """Whether the label rows under a tile are final; with `wait`, block until they are."""
-        last = self._last_row(level, y, h)
+    def _ready(self, request: Request) -> bool:
+        """Whether the label rows under a tile are final."""
+        last = self._last_row(request)
         with self._cond:
-            while True:
+            if self._aborted:
+                raise _Aborted
+            return last < self._final
+
+    def _wait(self, request: Request, idle: Callable[[], bool]) -> None:
+        """Block until the rows under `request` are final, calling `idle()` (other work; False when it had
+        none) meanwhile and sleeping only when it has nothing to do."""
+        last = self._last_row(request)
+        while True:
+            with self._cond:
                 if self._aborted:
                     raise _Aborted
                 if last < self._final:
-                    return True
-                if not wait:
-                    return False
-                self._cond.wait()
+                    return
+                final = self._final
+            if idle():
+                continue
+            with self._cond:
+                while self._final == final and not self._aborted:
+                    self._cond.wait()
 
     def _tile_bytes(self, level: int, x: int, y: int, w: int, h: int) -> bytes:
         """One whole (tile, tile) tile compressed, zero padding past the level's edge as tifffile pads."""
@@ -241,30 +259,63 @@ class MaskWriter:
         return data
 
 
+Request = tuple[int, int, int, int, int]  # (level, x, y, w, h) of a tile, as write_pyramid asks for it
+
+
 class _InOrder:
     """The tile callback write_pyramid calls (level by level, row-major): compresses up to `window` tiles
-    ahead on the pool, but only tiles whose label rows are final; waits for the next one otherwise."""
+    ahead on the pool, but only tiles whose label rows are final.
 
-    def __init__(self, writer: MaskWriter, pool: ThreadPoolExecutor, window: int) -> None:
-        self.writer, self.pool, self.window = writer, pool, window
-        tile = writer.tile
-        self.requests = (
-            (level, x, y, min(tile, w - x), min(tile, h - y))
-            for level, (w, h) in enumerate(writer.sizes)
-            for y in range(0, h, tile)
-            for x in range(0, w, tile)
-        )
-        self.next: tuple[int, int, int, int, int] | None = next(self.requests, None)
-        self.pending: deque[tuple[tuple[int, int, int, int, int], Future]] = deque()
+    While level 0 waits for rows, the writer thread compresses tiles of the reduced levels whose rows are
+    final already into `spool` (a temporary file: compressed bytes on disk, not in memory), so that
+    little is left to do for them when inference ends."""
+
+    def __init__(self, writer: MaskWriter, pool: ThreadPoolExecutor, window: int, spool) -> None:
+        self.writer, self.pool, self.window, self.spool = writer, pool, window, spool
+        self.requests = self._requests(range(len(writer.sizes)))
+        self.next: Request | None = next(self.requests, None)
+        self.pending: deque[tuple[Request, Future | None]] = deque()
+        # Per reduced level, its next tile to compress ahead; and what was: bytes (uniform) or spool place.
+        self.ahead = {level: self._requests([level]) for level in range(1, len(writer.sizes))}
+        self.ahead_next = {level: next(it, None) for level, it in self.ahead.items()}
+        self.spooled: dict[Request, bytes | tuple[int, int]] = {}
+
+    def _requests(self, levels) -> Iterator[Request]:
+        tile = self.writer.tile
+        for level in levels:
+            w, h = self.writer.sizes[level]
+            for y in range(0, h, tile):
+                for x in range(0, w, tile):
+                    yield (level, x, y, min(tile, w - x), min(tile, h - y))
 
     def _fill(self, block: bool) -> None:
         """Submit the next tiles whose rows are final; with `block` and nothing pending, wait for one."""
         while self.next is not None and len(self.pending) < self.window:
-            level, _, y, _, h = self.next
-            if not self.writer._ready(level, y, h, wait=block and not self.pending):
+            if self.next in self.spooled:
+                self.pending.append((self.next, None))
+            elif block and not self.pending:
+                self.writer._wait(self.next, self._compress_ahead)
+                self.pending.append((self.next, self.pool.submit(self.writer._tile_bytes, *self.next)))
+            elif self.writer._ready(self.next):
+                self.pending.append((self.next, self.pool.submit(self.writer._tile_bytes, *self.next)))
+            else:
                 return
-            self.pending.append((self.next, self.pool.submit(self.writer._tile_bytes, *self.next)))
             self.next = next(self.requests, None)
+
+    def _compress_ahead(self) -> bool:
+        """Compress one reduced-level tile whose rows are final into the spool; False if none is."""
+        for level, request in self.ahead_next.items():
+            if request is not None and self.writer._ready(request):
+                data = self.writer._tile_bytes(*request)
+                if data in self.writer._uniform.values():
+                    self.spooled[request] = data
+                else:
+                    self.spool.seek(0, os.SEEK_END)
+                    self.spooled[request] = (self.spool.tell(), len(data))
+                    self.spool.write(data)
+                self.ahead_next[level] = next(self.ahead[level], None)
+                return True
+        return False
 
     def __call__(self, level: int, x: int, y: int, w: int, h: int) -> bytes:
         self._fill(block=True)
@@ -272,7 +323,14 @@ class _InOrder:
         if request != (level, x, y, w, h):
             raise RuntimeError(f"tile {(level, x, y, w, h)} asked out of order (expected {request})")
         self._fill(block=False)
-        return future.result()
+        if future is not None:
+            return future.result()
+        place = self.spooled.pop(request)
+        if isinstance(place, bytes):
+            return place
+        offset, length = place
+        self.spool.flush()
+        return os.pread(self.spool.fileno(), length, offset)
 
 
 def write_mask(

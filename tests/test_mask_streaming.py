@@ -10,10 +10,11 @@ import openslide
 import pytest
 import tifffile
 
-from segcls.runtime.mask_writer import MaskWriter, upsample_window, write_mask
+from segcls.bench.mask_write import SerialMaskWriter, SyntheticSlide
+from segcls.runtime.mask_writer import MaskWriter, write_mask
 from segcls.runtime.stitch import make_stitcher
 from segcls.runtime.tiling import TileGrid
-from segcls.tiff import palette_colormap, pyramid_sizes, write_pyramid
+from segcls.tiff import pyramid_sizes
 
 COLORS = [(255, 0, 0), (0, 128, 255), (10, 200, 30)]
 
@@ -27,23 +28,6 @@ def label_map(h: int = 90, w: int = 70, seed: int = 0) -> np.ndarray:
     return lab
 
 
-def serial_reference(path, labels, size, tile, downsample, description_of):
-    """The writer before streaming: every tile upsampled and handed to tifffile as an array, one thread."""
-    sizes = pyramid_sizes(*size, tile)
-
-    def read_tile(level, x, y, w, h):
-        lw, lh = sizes[level]
-        return upsample_window(labels, sizes[level], x, y, w, h, (downsample * lw / size[0], downsample * lh / size[1]))
-
-    write_pyramid(path, size, read_tile, tile=tile, compression="zlib", compression_level=6,
-                  colormap=palette_colormap(COLORS), mpp=0.5, description=description_of)  # fmt: skip
-
-
-def description(path) -> str:
-    with tifffile.TiffFile(path) as tif:
-        return tif.pages[0].description
-
-
 @pytest.mark.parametrize("workers", [1, 3])
 def test_same_pixels_and_bytes_as_a_serial_write(tmp_path, workers):
     labels = label_map()
@@ -51,8 +35,8 @@ def test_same_pixels_and_bytes_as_a_serial_write(tmp_path, workers):
     new = tmp_path / "new.tif"
     writer = MaskWriter(new, labels, size, COLORS, mpp=0.5, tile=64, classes=list("abc"), downsample=8, workers=workers)
     assert writer.finish() == pyramid_sizes(*size, 64)
-    old = tmp_path / "old.tif"
-    serial_reference(old, labels, size, 64, 8, description(new))
+    old = tmp_path / "old.tif"  # the writer before streaming, kept in the benchmark that compares the two
+    SerialMaskWriter(old, labels, size, COLORS, 0.5, tile=64, classes=list("abc"), downsample=8).finish()
     with tifffile.TiffFile(new) as a, tifffile.TiffFile(old) as b:
         assert len(a.pages) == len(b.pages) == 5
         for pa, pb in zip(a.pages, b.pages, strict=True):
@@ -161,3 +145,14 @@ def test_crop_refuses_a_tile_row_after_its_rows_were_reported_final():
     stitcher.add(tiles[-1], np.zeros((n, n), np.uint8))
     with pytest.raises(ValueError, match="came after"):
         stitcher.add(tiles[0], np.zeros((n, n), np.uint8))
+
+
+def test_bench_slide_has_glass_and_tissue_at_every_level():
+    slide = SyntheticSlide(4096)
+    assert slide.level_dimensions[-1] == (1024, 1024) and slide.mpp == 0.5
+    thumb = slide.get_thumbnail((256, 256))
+    glass = (thumb > 240).all(axis=2)
+    assert 0.1 < glass.mean() < 0.9
+    a = slide.read_region((1024, 1024), 0, (64, 64))
+    b = slide.read_region((1024, 1024), 1, (32, 32))
+    assert a.shape == (64, 64, 3) and b.shape == (32, 32, 3)

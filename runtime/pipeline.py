@@ -3,6 +3,8 @@
     thumbnail -> tissue mask -> tiles with tissue (row-major)
     reader threads: read + resample single tiles into a fixed ring of batch buffers
     main thread: backend.infer_stream(batches) -> stitcher (stride-8 label map) -> outputs
+    mask thread: level-0 mask tiles over label rows the stitcher reports final, compressed on a few
+      threads while inference goes on; the reduced levels once the map is complete
 
 Threads: ONNX Runtime gets every core this process may use (`open_model`); `--workers auto` picks the
 readers from the core count and the backend's device (`reader_budget`: 1 per 8 cores beside a CPU
@@ -17,7 +19,7 @@ Memory bound. Besides the model, peak memory is
       + RGB), or when resampling (tile x scale / level downsample)^2 x 7 bytes, e.g. 112 MB for a 1024
       tile read 4x finer
     + blend only: a band of float32 accumulators, (C + 1) x tile/8 x W/8 x 4 bytes
-    + the tissue thumbnail (<= 2048^2) and, while writing, a few mask tiles.
+    + the tissue thumbnail (<= 2048^2) and, while writing, a few mask tiles (2 per compression thread).
 Probabilities (`probs`) go to a float16 memmap on disk, so they cost page cache, not heap. No float map of
 the whole slide is ever held. Measured on 2 CPU cores: a 20k x 20k slide with a trivial backend grows
 peak RSS by 78-95 MB (tests/test_pipeline.py); a 16k x 16k OpenSlide pyramid read at 2 um/px through
@@ -198,7 +200,7 @@ def _target_mpp(description: ModelDescription, opts: InferOptions) -> float | No
 
 
 def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, stack) -> SlideResult:
-    from segcls.runtime.mask_writer import write_mask
+    from segcls.runtime.mask_writer import MaskWriter
 
     t_start = time.perf_counter()
     description = backend.description
@@ -214,7 +216,16 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
         tmp = stack.enter_context(atomic_path(outputs["probs"]))
         shape = (description.num_classes, *grid.map_shape)
         probs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-    stitcher = make_stitcher(opts.stitch, grid, labels, probs, keep, description.num_classes)
+    # The mask is written on a background thread as the stitcher reports rows final, so most of level 0
+    # is on disk when inference ends; it is renamed into place by finish(), after the other outputs.
+    size, mask_mpp = _mask_size(slide, opts.out_mpp)
+    # The label map covers whole tiles (it may overhang the slide): place it by its pixel size.
+    label_px = grid.stride * plan.scale * size[0] / slide.dimensions[0]
+    mask = MaskWriter(
+        outputs["mask"], labels, size, description.colors, mask_mpp, classes=description.classes, downsample=label_px
+    )
+    stack.enter_context(mask)
+    stitcher = make_stitcher(opts.stitch, grid, labels, probs, keep, description.num_classes, mask.rows_final)
 
     name = Path(getattr(slide, "path", "slide")).name
     timings, scores = _infer_tiles(slide, plan, grid, tiles, backend, stitcher, opts, name)
@@ -237,13 +248,9 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
 
         downsample = grid.stride * plan.scale
         write_geojson(outputs["geojson"], labels, description.classes, description.colors, downsample)
-    size, mask_mpp = _mask_size(slide, opts.out_mpp)
-    # The label map covers whole tiles (it may overhang the slide): place it by its pixel size.
-    label_px = grid.stride * plan.scale * size[0] / slide.dimensions[0]
-    write_mask(
-        outputs["mask"], labels, size, description.colors, mask_mpp, classes=description.classes, downsample=label_px
-    )
-    timings["write"] = time.perf_counter() - t0
+    mask.finish()
+    timings["write"] = time.perf_counter() - t0  # writing left after inference: what it adds to the run
+    timings["write_cpu"] = mask.cpu_seconds  # all the mask's tile work, on any thread, overlapped or not
 
     seconds = time.perf_counter() - t_start
     summary = _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds, outputs, opts)

@@ -5,6 +5,10 @@
 a band of accumulator rows one tile high, because tiles arrive row by row: when the first tile of a new
 tile row arrives, the rows above it are final, so they are argmaxed into the uint8 map and the band moves
 down. Float memory is (C + 1) x tile/8 x map width, never a whole-slide float map.
+
+Both take tiles in row-major order (the order of `TileGrid`, tiles without tissue left out) and call
+`on_final(n)` when label-map rows [0, n) will not change any more, so the mask writer can write them while
+inference goes on; `finish()` reports every row final.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from segcls.runtime.tiling import Tile, TileGrid
 
 # keep(box) -> bool (y1 - y0, x1 - x0): which map pixels of box (x0, y0, x1, y1) are tissue.
 KeepFn = Callable[[tuple[int, int, int, int]], np.ndarray]
+# on_final(n): label-map rows [0, n) are final.
+FinalFn = Callable[[int], None]
 
 NOT_TISSUE = 255
 STITCH_MODES = ("crop", "blend")
@@ -36,15 +42,30 @@ def blend_window(size: int, ramp: int) -> np.ndarray:
     return w
 
 
+def _ignore(rows: int) -> None:
+    """No one is waiting for final rows."""
+
+
 class CropStitcher:
     def __init__(
-        self, grid: TileGrid, labels: np.ndarray, probs: np.ndarray | None = None, keep: KeepFn | None = None
+        self,
+        grid: TileGrid,
+        labels: np.ndarray,
+        probs: np.ndarray | None = None,
+        keep: KeepFn | None = None,
+        on_final: FinalFn = _ignore,
     ) -> None:
-        self.grid, self.labels, self.probs, self.keep = grid, labels, probs, keep
+        self.grid, self.labels, self.probs, self.keep, self.on_final = grid, labels, probs, keep, on_final
+        self.row = 0  # tile row of the last tile added: map rows above its core are final
 
     def add(self, tile: Tile, labels: np.ndarray, probs: np.ndarray | None = None) -> None:
         """`labels` (tile/8, tile/8) uint8 and `probs` (C, tile/8, tile/8) of one tile."""
         x0, y0, x1, y1 = self.grid.core(tile)
+        if tile.row < self.row:
+            raise ValueError(f"tile row {tile.row} came after row {self.row}: rows above were reported final")
+        if tile.row > self.row:
+            self.row = tile.row
+            self.on_final(y0)
         ox, oy = self.grid.origin(tile)
         sy, sx = slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
         out = labels[sy, sx]
@@ -55,7 +76,8 @@ class CropStitcher:
             self.probs[:, y0:y1, x0:x1] = probs[:, sy, sx]
 
     def finish(self) -> None:
-        """Nothing is pending in crop mode."""
+        """Nothing is pending in crop mode: every row is final."""
+        self.on_final(self.labels.shape[0])
 
 
 class BlendStitcher:
@@ -66,8 +88,9 @@ class BlendStitcher:
         probs: np.ndarray | None = None,
         keep: KeepFn | None = None,
         num_classes: int = 0,
+        on_final: FinalFn = _ignore,
     ) -> None:
-        self.grid, self.labels, self.probs, self.keep = grid, labels, probs, keep
+        self.grid, self.labels, self.probs, self.keep, self.on_final = grid, labels, probs, keep, on_final
         n = grid.tile // grid.stride
         self.band_height = n
         self.shift = grid.step // grid.stride
@@ -97,6 +120,7 @@ class BlendStitcher:
         if not self.finished:
             self._flush(self.band_height)
         self.finished = True
+        self.on_final(self.labels.shape[0])
 
     def _advance(self) -> None:
         self._flush(self.shift)
@@ -125,6 +149,7 @@ class BlendStitcher:
         self.labels[y0:y1] = out
         if self.probs is not None:
             self.probs[:, y0:y1] = np.where(done, acc / np.maximum(weight, 1e-12), 0)
+        self.on_final(y1)
 
 
 def make_stitcher(
@@ -134,9 +159,10 @@ def make_stitcher(
     probs: np.ndarray | None = None,
     keep: KeepFn | None = None,
     num_classes: int = 0,
+    on_final: FinalFn = _ignore,
 ) -> CropStitcher | BlendStitcher:
     if mode == "crop":
-        return CropStitcher(grid, labels, probs, keep)
+        return CropStitcher(grid, labels, probs, keep, on_final)
     if mode == "blend":
-        return BlendStitcher(grid, labels, probs, keep, num_classes)
+        return BlendStitcher(grid, labels, probs, keep, num_classes, on_final)
     raise ValueError(f"stitch mode must be one of {STITCH_MODES}, got {mode!r}")

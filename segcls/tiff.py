@@ -2,7 +2,9 @@
 
 Levels are sequential top-level IFDs (reduced ones with subfiletype=1): the layout OpenSlide reads as a
 pyramid (written as SubIFDs it sees only level 0). Each tile is produced on demand by a callback, so
-memory does not grow with the image size.
+memory does not grow with the image size. A callback may return a tile already compressed (bytes from
+`tile_encoder`): a caller that compresses on several threads, or reuses the bytes of identical tiles,
+hands them to tifffile as they are.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import tifffile
 
 from segcls.atomic import atomic_path
 
-# read_tile(level, x, y, width, height) -> (height, width[, samples]) array in that level's pixel frame.
-TileFn = Callable[[int, int, int, int, int], np.ndarray]
+# read_tile(level, x, y, width, height) -> (height, width[, samples]) array in that level's pixel frame,
+# or the bytes of the whole (tile, tile) tile, padding included, compressed as `write_pyramid` was told.
+TileFn = Callable[[int, int, int, int, int], "np.ndarray | bytes"]
 
 
 def pyramid_sizes(width: int, height: int, tile: int) -> list[tuple[int, int]]:
@@ -38,13 +41,28 @@ def palette_colormap(colors: Sequence[Sequence[int]]) -> np.ndarray:
     return cmap
 
 
+def tile_encoder(compression: str, level: int | None = None) -> Callable[[np.ndarray], bytes]:
+    """The function tifffile itself compresses a tile with for `compression` ("zlib", "zstd", ...):
+    bytes it returns are what `write_pyramid` would have written for that tile."""
+    name = compression.upper()
+    tag = tifffile.COMPRESSION.ADOBE_DEFLATE if name == "ZLIB" else tifffile.COMPRESSION[name]
+    codec = tifffile.TIFF.COMPRESSORS[tag]
+    if level is None:
+        return codec
+    return lambda data: codec(data, level=level)
+
+
 def _tiles(read_tile: TileFn, level: int, size: tuple[int, int], tile: int, samples: int, dtype) -> Iterator:
     width, height = size
     shape = (tile, tile, samples) if samples > 1 else (tile, tile)
     for y in range(0, height, tile):
         for x in range(0, width, tile):
             w, h = min(tile, width - x), min(tile, height - y)
-            data = np.asarray(read_tile(level, x, y, w, h), dtype=dtype)
+            data = read_tile(level, x, y, w, h)
+            if isinstance(data, bytes):  # compressed by the caller: tifffile writes it unchanged
+                yield data
+                continue
+            data = np.asarray(data, dtype=dtype)
             if data.shape[:2] != (h, w):
                 raise ValueError(f"tile callback returned {data.shape[:2]} for a {(h, w)} tile")
             if (h, w) != (tile, tile):
@@ -73,6 +91,8 @@ def write_pyramid(
 
     `samples` 3 writes RGB (compression "jpeg" gives a slide like a scanner's); 1 with `colormap` writes a
     palette image (class indices that viewers show in colour). `progress(n)` is called per tile written.
+    Within one level the callback returns either arrays or compressed bytes (`tile_encoder`), not both:
+    tifffile decides from a level's first tile.
     """
     if tile % 16:
         raise ValueError(f"TIFF tile size must be a multiple of 16, got {tile}")

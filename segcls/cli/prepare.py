@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from segcls.cli._common import handle_errors
+from segcls.cli._common import handle_errors, require_extra
 
 
 def _names(_ctx, _param, value: str | None) -> list[str] | None:
@@ -191,6 +191,7 @@ def qupath(
     Classified polygons -> images/ + masks/ (inner annotations over outer ones, Ignore* = 255, Region* =
     --background); annotations named 'label' -> labeled/CLASS/ (image-level labels). Split by slide.
     """
+    require_extra("prepare", "shapely")
     from segcls.prepare.qupath import prepare_qupath
 
     summary = prepare_qupath(

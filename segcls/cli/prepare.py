@@ -22,6 +22,19 @@ def _common(fn: Callable) -> Callable:
 
 
 _seed = click.option("--seed", default=0, show_default=True, help="Seed of the 50/25/25 split by image.")
+_piece_size = click.option(
+    "--piece-size",
+    type=click.IntRange(min=16),
+    default=2048,
+    show_default=True,
+    help="Largest side of the images cut from a slide.",
+)
+_slide_mpp = click.option(
+    "--slide-mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Microns per level-0 pixel, for slides whose metadata lacks it.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,19 +60,8 @@ def main() -> None:
 @click.option("--wsi", callback=_names, help="Comma-separated WSIs to import, e.g. A01,A06,A08 [default: all].")
 @click.option("--train-wsi", callback=_names, help="WSIs for the train split [default: A01,A06,A08 as imported].")
 @click.option("--test-wsi", callback=_names, help="WSIs for the test split [default: none]; the rest is val.")
-@click.option(
-    "--piece-size",
-    type=click.IntRange(min=16),
-    default=2048,
-    show_default=True,
-    help="Largest side of the images cut from a WSI.",
-)
-@click.option(
-    "--slide-mpp",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Microns per level-0 pixel, for slides whose metadata lacks it.",
-)
+@_piece_size
+@_slide_mpp
 @handle_errors
 def bach(
     raw_dir, out_dataset, overwrite, quiet, mpp, parta_downscale, wsi, train_wsi, test_wsi, piece_size, slide_mpp
@@ -161,21 +163,10 @@ def digestpath2019(raw_dir, out_dataset, overwrite, quiet, size, seed) -> None:
     default=None,
     help="Microns per pixel of the dataset [default: the first slide's level 0].",
 )
-@click.option(
-    "--slide-mpp",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Microns per level-0 pixel, for slides whose metadata lacks it.",
-)
+@_slide_mpp
 @click.option("--classes", callback=_names, help="Comma-separated classes in this order [default: sorted names].")
 @click.option("--background", help="Class of unannotated pixels inside a Region* annotation [default: 255].")
-@click.option(
-    "--piece-size",
-    type=click.IntRange(min=16),
-    default=2048,
-    show_default=True,
-    help="Largest side of the images cut from a slide.",
-)
+@_piece_size
 @click.option("--val-slides", callback=_names, help="Comma-separated slide names for val [default: seeded split].")
 @click.option("--test-slides", callback=_names, help="Comma-separated slide names for test; the rest is train.")
 @_seed

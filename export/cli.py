@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from segcls.cli._common import handle_errors
+from segcls.cli._common import handle_errors, require_extra
 
 
 def _multiple_of_16(ctx, param, value: int) -> int:
@@ -42,6 +42,7 @@ def main(
     verify_size: int,
 ) -> None:
     """Export a segcls CHECKPOINT to a verified ONNX model, and optionally a TensorRT engine."""
+    require_extra("export", "torch", "onnx", "onnxscript")
     from segcls.export.onnx_export import check_output_path, export_onnx
 
     if build_trt:

@@ -64,15 +64,16 @@ def stem(mask: Path) -> Path:
 
 
 def plan_outputs(slide: Path, out: Path, many: bool, extras: dict[str, str | None]) -> dict[str, Path]:
-    """The mask path and each requested optional output for one slide."""
-    mask = out / f"{slide.stem}.mask.tif" if many else out
+    """The mask path and each requested optional output for one slide. An existing folder given for one
+    slide is a folder too (`-o out/` -> out/NAME.mask.tif), never an output that is "done already"."""
+    mask = out / f"{slide.stem}.mask.tif" if many or out.is_dir() else out
     paths = {}
     for kind, value in extras.items():
         if value is None:
             continue
         if value == AUTO:
             paths[kind] = Path(f"{stem(mask)}{EXTRA_OUTPUTS[kind]}")
-        elif many:  # a folder for every slide's file of that kind
+        elif many or Path(value).is_dir():  # a folder for every slide's file of that kind
             paths[kind] = Path(value) / f"{slide.stem}{EXTRA_OUTPUTS[kind]}"
         else:
             paths[kind] = Path(value)
@@ -137,6 +138,18 @@ def _extra_option(kind: str, what: str):
 )
 @_extra_option("overlay", "a thumbnail PNG with the labels drawn over it")
 @_extra_option("geojson", "the regions as QuPath GeoJSON (level-0 px)")
+@click.option(
+    "--geojson-per-region",
+    is_flag=True,
+    help="GeoJSON: one annotation per connected region instead of one MultiPolygon per class.",
+)
+@click.option(
+    "--geojson-min-area",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="UM2",
+    help="GeoJSON: leave out regions smaller than this many um^2 [default: keep all].",
+)
 @_extra_option("probs", "class probabilities at stride 8, float16 (C, H/8, W/8) .npy")
 @_extra_option("summary", "a JSON summary (areas, slide class, timings)")
 @click.option(

@@ -1,10 +1,15 @@
 """Class regions as QuPath annotations: a GeoJSON FeatureCollection in level-0 pixel coordinates.
 
-Each 4-connected region of a class becomes one Polygon whose rings run along pixel borders, so its area
+By default each class is one MultiPolygon feature, as QuPath's pixel classifier creates them ("Create
+objects" without "Split objects"): a noisy slide gives a handful of annotations instead of tens of
+thousands, which QuPath handles far better. `per_region` writes one Polygon feature per region instead.
+
+Each 4-connected region of a class becomes one polygon whose rings run along pixel borders, so its area
 is exactly the region's pixel count (times downsample squared); only corners are kept. Where pixels meet
 only at a corner, rings touch there but never cross and no ring touches itself: two regions stay two
 polygons, and a region touching itself gets a hole that meets its shell at that point, which keeps every
-polygon valid for QuPath (JTS). Exterior rings are counter-clockwise
+polygon valid for QuPath (JTS; 0.6 rejects invalid polygons). Regions of one class touch each other at
+most at a corner point, which a valid MultiPolygon allows. Exterior rings are counter-clockwise
 and holes clockwise in (x, y) as written (RFC 7946). The tracing is vectorised with numpy, so a label
 map with millions of boundary edges takes seconds.
 """
@@ -12,6 +17,7 @@ map with millions of boundary edges takes seconds.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -132,30 +138,78 @@ def _trace_rings(regions: np.ndarray) -> _Rings:
     return _Rings(cx, cy, starts, area, row, col)
 
 
-def label_polygons(
-    labels: np.ndarray, num_classes: int, downsample: float = 1.0
-) -> list[tuple[int, list[list[list[float]]]]]:
-    """(class, [exterior, *holes]) per 4-connected region; rings are closed lists of [x, y] corners of
-    label pixels, multiplied by `downsample`."""
+def _class_rings(
+    labels: np.ndarray, cls: int, downsample: float, min_pixels: int, limit: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The rings of one class: (corners (N, 2) in level-0 px, ring starts, region of each ring, ring order
+    by region with each exterior first), or None when the class has no region of `min_pixels`."""
     from scipy import ndimage
 
-    integral = float(downsample).is_integer()
+    mask = labels == cls
+    if not mask.any():
+        return None
+    regions, count = ndimage.label(mask)
+    if min_pixels > 1:
+        small = np.flatnonzero(np.bincount(regions.ravel(), minlength=count + 1) < min_pixels)
+        small = small[small > 0]
+        if len(small):
+            regions[np.isin(regions, small)] = 0
+            if not regions.any():
+                return None
+    rings = _trace_rings(regions)
+    xy = np.stack([rings.x, rings.y], axis=1)
+    xy = xy * int(downsample) if float(downsample).is_integer() else np.round(xy * float(downsample), 2)
+    if limit is not None:
+        xy = np.minimum(xy, np.asarray(limit, dtype=xy.dtype))
+    region = regions[rings.row, rings.col]
+    return xy, rings.starts, region, np.lexsort((rings.area < 0, region))
+
+
+def label_polygons(
+    labels: np.ndarray,
+    num_classes: int,
+    downsample: float = 1.0,
+    *,
+    min_pixels: int = 0,
+    limit: tuple[float, float] | None = None,
+) -> list[tuple[int, list[list[list[float]]]]]:
+    """(class, [exterior, *holes]) per 4-connected region of at least `min_pixels` label pixels; rings are
+    closed lists of [x, y] corners of label pixels, multiplied by `downsample` and, with `limit` (w, h),
+    clipped to it. Non-integral coordinates are rounded to 0.01 px, QuPath's precision: the rounding is
+    monotonic, so it keeps the rectilinear rings valid."""
     polygons = []
     for cls in range(num_classes):
-        mask = labels == cls
-        if not mask.any():
+        found = _class_rings(labels, cls, downsample, min_pixels, limit)
+        if found is None:
             continue
-        regions, _ = ndimage.label(mask)
-        rings = _trace_rings(regions)
-        xy = np.stack([rings.x, rings.y], axis=1)
-        xy = xy * int(downsample) if integral else np.round(xy * float(downsample), 3)
+        xy, starts, region, order = found
         points = xy.tolist()
-        region = regions[rings.row, rings.col]
         by_region: dict[int, list] = {}
-        for i in np.lexsort((rings.area < 0, region)).tolist():  # exterior first within a region
-            s, e = rings.starts[i], rings.starts[i + 1]
+        for i in order.tolist():
+            s, e = starts[i], starts[i + 1]
             by_region.setdefault(int(region[i]), []).append([*points[s:e], points[s]])
         polygons.extend((cls, by_region[k]) for k in sorted(by_region))
+    return polygons
+
+
+def _polygons_text(xy: np.ndarray, starts: np.ndarray, region: np.ndarray, order: np.ndarray) -> list[str]:
+    """The JSON text of each region's polygon coordinates, `[[[x,y],...],...]`, in region order: what
+    `json.dumps(label_polygons(...))` would write, built from numpy without a Python list per corner
+    (each distinct coordinate value is formatted once)."""
+    values, inverse = np.unique(xy, return_inverse=True)
+    text = np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values.tolist()], object)
+    t = text[inverse.reshape(xy.shape)]
+    points = ("[" + t[:, 0] + "," + t[:, 1] + "]").tolist()
+    polygons, rings, current = [], [], None
+    for i in order.tolist():
+        if region[i] != current and rings:
+            polygons.append("[" + ",".join(rings) + "]")
+            rings = []
+        current = region[i]
+        s, e = starts[i], starts[i + 1]
+        rings.append("[" + ",".join(points[s:e]) + "," + points[s] + "]")
+    if rings:
+        polygons.append("[" + ",".join(rings) + "]")
     return polygons
 
 
@@ -165,26 +219,49 @@ def write_geojson(
     classes: Sequence[str],
     colors: Sequence[Sequence[int]],
     downsample: float,
+    *,
+    per_region: bool = False,
+    min_area: float = 0.0,
+    size: tuple[int, int] | None = None,
 ) -> int:
-    """Write one QuPath annotation per region of each class in `labels` (255 = none) and return how
-    many. `downsample` is level-0 pixels per label pixel: coordinates are level-0 pixels."""
+    """Write `labels` (255 = none) as QuPath annotations and return how many: one MultiPolygon per class
+    (what QuPath's pixel classifier creates), or with `per_region` one Polygon per connected region.
+
+    `downsample` is level-0 pixels per label pixel: coordinates are level-0 pixels. Regions under
+    `min_area` level-0 px² are left out. `size` (level-0 (w, h)) crops a label map that overhangs the
+    slide (whole tiles) to the slide, so every coordinate lies on the image.
+    """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D label map, got shape {labels.shape}")
     if len(colors) != len(classes):
         raise ValueError(f"{len(classes)} classes but {len(colors)} colours")
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {
-                "objectType": "annotation",
-                "classification": {"name": str(classes[cls]), "color": [int(v) for v in colors[cls]]},
-            },
+    if size is not None:
+        # a last row/column that would start within QuPath's 0.01 px of the border is dropped, so no ring
+        # collapses to zero width when clipped to the border
+        labels = labels[: math.ceil((size[1] - 0.01) / downsample), : math.ceil((size[0] - 0.01) / downsample)]
+    min_pixels = math.ceil(min_area / downsample**2 - 1e-9) if min_area > 0 else 0
+    features = []
+    for cls in range(len(classes)):
+        found = _class_rings(labels, cls, downsample, min_pixels, size)
+        if found is None:
+            continue
+        properties = {
+            "objectType": "annotation",
+            "classification": {"name": str(classes[cls]), "color": [int(v) for v in colors[cls]]},
         }
-        for cls, rings in label_polygons(labels, len(classes), downsample)
-    ]
+        tail = ',"properties":' + json.dumps(properties, separators=(",", ":")) + "}"
+        polygons = _polygons_text(*found)
+        if per_region:
+            features += [
+                '{"type":"Feature","geometry":{"type":"Polygon","coordinates":' + p + "}" + tail for p in polygons
+            ]
+        else:
+            geometry = '{"type":"MultiPolygon","coordinates":[' + ",".join(polygons) + "]}"
+            features.append('{"type":"Feature","geometry":' + geometry + tail)
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        # dumps, not dump: only the one-shot encoder is the C one (~10x faster on big collections).
-        f.write(json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":")))
+        f.write('{"type":"FeatureCollection","features":[')
+        for i, feature in enumerate(features):
+            f.write("," + feature if i else feature)
+        f.write("]}")
     return len(features)

@@ -69,6 +69,8 @@ class InferOptions:
     tissue: str | Path = "auto"  # auto | none | mask image path
     overlay: Path | None = None
     geojson: Path | None = None
+    geojson_per_region: bool = False  # one feature per region instead of one MultiPolygon per class
+    geojson_min_area: float = 0.0  # um^2: smaller regions are left out of the GeoJSON
     probs: Path | None = None
     summary: Path | None = None
     truth: Path | None = None  # a ground-truth label mask (segcls TIFF, 255 = ignore): F1 goes in the summary
@@ -91,6 +93,8 @@ class InferOptions:
         if self.prefetch < 0:
             raise SegclsError(f"prefetch must be >= 0, got {self.prefetch}")
         TileGrid((1, 1), self.tile, self.overlap)  # refuses a bad --tile or --overlap before any work
+        if self.geojson_min_area < 0:
+            raise SegclsError(f"--geojson-min-area must be >= 0, got {self.geojson_min_area}")
         for name in ("mpp", "slide_mpp", "out_mpp"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -246,8 +250,15 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
     if "geojson" in outputs:
         from segcls.runtime.geojson import write_geojson
 
-        downsample = grid.stride * plan.scale
-        write_geojson(outputs["geojson"], labels, description.classes, description.colors, downsample)
+        min_area = 0.0
+        if opts.geojson_min_area:
+            if not slide.mpp:
+                raise SlideError(f"--geojson-min-area is in um^2 but {slide.path} has no mpp: pass --slide-mpp")
+            min_area = opts.geojson_min_area / slide.mpp**2
+        write_geojson(
+            outputs["geojson"], labels, description.classes, description.colors, grid.stride * plan.scale,
+            per_region=opts.geojson_per_region, min_area=min_area, size=slide.dimensions,
+        )  # fmt: skip
     mask.finish()
     timings["write"] = time.perf_counter() - t0  # writing left after inference: what it adds to the run
     timings["write_cpu"] = mask.cpu_seconds  # all the mask's tile work, on any thread, overlapped or not

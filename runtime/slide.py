@@ -8,10 +8,12 @@ to know which library read the pixels. A file that cannot be opened or read rais
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -33,6 +35,33 @@ def _one_line(e: BaseException) -> str:
     """An exception as one short line for a SlideError message."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text[:300]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextlib.contextmanager
+def _tifffile_messages() -> Iterator[list[str]]:
+    """Collect what tifffile logs (e.g. `<tifffile.TiffPages @16> invalid page offset ...` on a truncated
+    file) instead of letting it reach the console before segcls's own error; `open_slide` turns it into
+    that error. Only the tifffile logger is touched, only while a slide is being opened."""
+    logger = logging.getLogger("tifffile")
+    messages: list[str] = []
+    handler = _Collect(messages)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _composite_white(rgba: np.ndarray) -> np.ndarray:
@@ -477,19 +506,43 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         raise SlideError(f"expected a slide file, got a directory: {path}")
     if mpp is not None and not mpp > 0:
         raise SlideError(f"mpp must be > 0, got {mpp} for {path}")
-    slide = _open(path, mpp)
-    try:
-        w, h = slide.dimensions
-        if w <= 0 or h <= 0:
-            raise SlideError(f"{path} has an empty level 0 ({w} x {h})")
-        slide.read_region((0, 0), 0, (1, 1))
-        slide.read_region((w - 1, h - 1), 0, (1, 1))
-        if slide.level_count > 1:
-            slide.read_region((0, 0), slide.level_count - 1, (1, 1))
-    except BaseException:
-        slide.close()
-        raise
+    with _tifffile_messages() as messages:
+        try:
+            slide = _open(path, mpp)
+        except SlideError as e:
+            raise _with_log(e, messages) from None
+        try:
+            w, h = slide.dimensions
+            if w <= 0 or h <= 0:
+                raise SlideError(f"{path} has an empty level 0 ({w} x {h})")
+            slide.read_region((0, 0), 0, (1, 1))
+            slide.read_region((w - 1, h - 1), 0, (1, 1))
+            if slide.level_count > 1:
+                slide.read_region((0, 0), slide.level_count - 1, (1, 1))
+            # tifffile skipped broken pages: levels are missing
+            if isinstance(slide, TiffSlide) and any(_broken(m) for m in messages):
+                raise SlideError(f"cannot open TIFF {path}: truncated or corrupt file")
+        except SlideError as e:
+            slide.close()
+            raise _with_log(e, messages) from None
+        except BaseException:
+            slide.close()
+            raise
+    for message in messages:  # the file opened and reads: tifffile's other remarks are not a user mistake
+        if not _broken(message):
+            logging.getLogger("tifffile").warning(message)
     return slide
+
+
+def _broken(message: str) -> bool:
+    return "offset" in message or "truncat" in message
+
+
+def _with_log(error: SlideError, messages: list[str]) -> SlideError:
+    """`error` with the first thing tifffile logged about the file, so the one Error: line says it."""
+    if not messages:
+        return error
+    return SlideError(f"{error} (tifffile: {messages[0][:200]})")
 
 
 def _open(path: Path, mpp: float | None) -> Slide:

@@ -29,7 +29,7 @@ def test_l_shape_and_shape_with_hole(tmp_path):
     labels[6:8, 3:7] = 0  # ... and its foot
     labels[2:11, 8:13] = 3  # a block ...
     labels[4:7, 10:12] = 255  # ... with a hole
-    n = write_geojson(tmp_path / "out.geojson", labels, CLASSES, COLORS, downsample=16)
+    n = write_geojson(tmp_path / "out.geojson", labels, CLASSES, COLORS, downsample=16, per_region=True)
     data = json.loads((tmp_path / "out.geojson").read_text())
     assert n == 2 and data["type"] == "FeatureCollection" and len(data["features"]) == 2
     by_class = {f["properties"]["classification"]["name"]: f for f in data["features"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import signal
 import sys
 import threading
@@ -44,3 +45,15 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Raise one-line SegclsError naming the pip extra if a module a command needs is not installed (a
+    runtime-only `pip install segcls` has no torch), instead of a ModuleNotFoundError traceback."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] != module:
+                raise  # something the module itself imports is missing: a broken install, show it
+            raise SegclsError(f"{module} is not installed: pip install 'segcls[{extra}]'") from None

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from segcls.cli._common import handle_errors
+from segcls.cli._common import handle_errors, require_extra
 
 
 def _names(_ctx, _param, value: str | None) -> list[str] | None:
@@ -22,11 +22,25 @@ def _common(fn: Callable) -> Callable:
 
 
 _seed = click.option("--seed", default=0, show_default=True, help="Seed of the 50/25/25 split by image.")
+_piece_size = click.option(
+    "--piece-size",
+    type=click.IntRange(min=16),
+    default=2048,
+    show_default=True,
+    help="Largest side of the images cut from a slide.",
+)
+_slide_mpp = click.option(
+    "--slide-mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Microns per level-0 pixel, for slides whose metadata lacks it.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Convert a challenge download (RAW_DIR) into a dataset folder (OUT_DATASET), written atomically."""
+    """Convert a challenge download (RAW_DIR) or QuPath annotations into a dataset folder (OUT_DATASET),
+    written atomically."""
 
 
 @main.command()
@@ -46,19 +60,8 @@ def main() -> None:
 @click.option("--wsi", callback=_names, help="Comma-separated WSIs to import, e.g. A01,A06,A08 [default: all].")
 @click.option("--train-wsi", callback=_names, help="WSIs for the train split [default: A01,A06,A08 as imported].")
 @click.option("--test-wsi", callback=_names, help="WSIs for the test split [default: none]; the rest is val.")
-@click.option(
-    "--piece-size",
-    type=click.IntRange(min=16),
-    default=2048,
-    show_default=True,
-    help="Largest side of the images cut from a WSI.",
-)
-@click.option(
-    "--slide-mpp",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Microns per level-0 pixel, for slides whose metadata lacks it.",
-)
+@_piece_size
+@_slide_mpp
 @handle_errors
 def bach(
     raw_dir, out_dataset, overwrite, quiet, mpp, parta_downscale, wsi, train_wsi, test_wsi, piece_size, slide_mpp
@@ -138,6 +141,64 @@ def digestpath2019(raw_dir, out_dataset, overwrite, quiet, size, seed) -> None:
 
     summary = prepare_digestpath2019(
         raw_dir, out_dataset, size=size, seed=seed, overwrite=overwrite, progress=not quiet
+    )
+    click.echo(str(summary))
+
+
+@main.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dataset", type=click.Path(file_okay=False))
+@click.option(
+    "--annotations",
+    "-a",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True),
+    help="QuPath GeoJSON export(s) (.geojson, .json, .geojson.gz, .zip) or a folder of them, matched to "
+    "the slides by name; repeatable.",
+)
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Microns per pixel of the dataset [default: the first slide's level 0].",
+)
+@_slide_mpp
+@click.option("--classes", callback=_names, help="Comma-separated classes in this order [default: sorted names].")
+@click.option("--background", help="Class of unannotated pixels inside a Region* annotation [default: 255].")
+@_piece_size
+@click.option("--val-slides", callback=_names, help="Comma-separated slide names for val [default: seeded split].")
+@click.option("--test-slides", callback=_names, help="Comma-separated slide names for test; the rest is train.")
+@_seed
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DATASET if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def qupath(
+    slides, out_dataset, annotations, mpp, slide_mpp, classes, background, piece_size, val_slides, test_slides,
+    seed, overwrite, quiet,
+) -> None:  # fmt: skip
+    """Slides + QuPath GeoJSON annotations ("Export objects as GeoJSON").
+
+    Classified polygons -> images/ + masks/ (inner annotations over outer ones, Ignore* = 255, Region* =
+    --background); annotations named 'label' -> labeled/CLASS/ (image-level labels). Split by slide.
+    """
+    require_extra("prepare", "shapely")
+    from segcls.prepare.qupath import prepare_qupath
+
+    summary = prepare_qupath(
+        slides,
+        annotations,
+        out_dataset,
+        mpp=mpp,
+        slide_mpp=slide_mpp,
+        classes=classes,
+        background=background,
+        piece_size=piece_size,
+        val_slides=val_slides or (),
+        test_slides=test_slides or (),
+        seed=seed,
+        overwrite=overwrite,
+        progress=not quiet,
     )
     click.echo(str(summary))
 

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from segcls.cli._common import handle_errors
+from segcls.cli._common import handle_errors, require_extra
 from segcls.cli.train import training_options
 
 # --quick: the synthetic sweep in well under 30 minutes on 2 CPU cores.
@@ -60,6 +60,7 @@ def main(
 ) -> None:
     """Train every setting x fraction x seed on DATASET (finished runs are skipped), then write
     results.csv, summary.md and f1_vs_fraction.png into OUT_DIR."""
+    require_extra("train", "torch", "matplotlib")
     from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS
     from segcls.sweep import PAPER_FRACTIONS, QUICK_FRACTIONS, SweepConfig, run_sweep
 

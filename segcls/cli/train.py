@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import click
 
-from segcls.cli._common import handle_errors
+from segcls.cli._common import handle_errors, require_extra
 
 _TRAINING_OPTIONS = [
     click.option("--epochs", type=click.IntRange(min=1), default=10),
@@ -50,6 +50,7 @@ def training_options(fn: Callable) -> Callable:
 @handle_errors
 def main(dataset: str, out_dir: str, resume: bool, quiet: bool, **options) -> None:
     """Train on DATASET (segcls folder format) into RUN_DIR: best.pt, last.pt, log.csv, metrics.json."""
+    require_extra("train", "torch")
     from segcls.train import TrainConfig, train
 
     start = time.perf_counter()

@@ -164,8 +164,15 @@ class DatasetWriter:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{name}.png", compress_level=1)
 
-    def finish(self, classes: Sequence[str], split: dict[str, list[str]], mpp: float | None) -> None:
-        meta: dict = {"classes": list(classes), "colors": [list(c) for c in default_colors(len(classes))]}
+    def finish(
+        self,
+        classes: Sequence[str],
+        split: dict[str, list[str]],
+        mpp: float | None,
+        colors: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        colors = colors or default_colors(len(classes))
+        meta: dict = {"classes": list(classes), "colors": [[int(v) for v in c] for c in colors]}
         if mpp:
             meta["mpp"] = float(mpp)
         (self.root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")

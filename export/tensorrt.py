@@ -27,6 +27,7 @@ from pathlib import Path
 
 from segcls.atomic import atomic_path
 from segcls.errors import ExportError, SegclsError
+from segcls.hashing import file_sha256
 from segcls.runtime.backends.tensorrt import CudaDevice, import_tensorrt
 from segcls.runtime.model_info import (
     INPUT_NAME,
@@ -38,6 +39,7 @@ from segcls.runtime.model_info import (
     KEY_TENSORRT_VERSION,
     read_model_info,
     read_onnx_metadata,
+    read_sidecar,
     sidecar_path,
 )
 
@@ -87,8 +89,6 @@ def build_engine(
     log: Callable[[str], None] = lambda message: None,
 ) -> EngineResult:
     """Build `engine_path` and its sidecar from a segcls ONNX model on GPU `device`."""
-    from segcls.checkpoint import file_sha256
-
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if max_batch < 1:
         raise SegclsError(f"--max-batch must be >= 1, got {max_batch}")
@@ -171,3 +171,37 @@ def _save_timing_cache(config, path: Path, log: Callable[[str], None]) -> None:
             tmp.write_bytes(memoryview(cache.serialize()))
     except (OSError, SegclsError) as e:
         log(f"warning: timing cache not saved to {path}: {e}")
+
+
+def cached_engine(
+    onnx_path: str | Path,
+    *,
+    tile: int = 1024,
+    max_batch: int = 32,
+    device: int = 0,
+    log: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """The engine for `onnx_path` in `~/.cache/segcls/engines/`, built on first use and reused after.
+
+    An engine runs only where it was built, so the key is the model's sha256, the TensorRT version, the
+    compute capability and the device name (TensorRT tells an H100 from an H200, both sm 9.0), plus the
+    tile and batch the profile was built for.
+    """
+    onnx_path = Path(onnx_path)
+    read_model_info(onnx_path)
+    trt = import_tensorrt()
+    cuda = CudaDevice(device)
+    try:
+        capability, device_name = cuda.compute_capability, cuda.name
+    finally:
+        cuda.close()
+    sha = file_sha256(onnx_path)
+    name = f"{sha[:16]}-trt{trt.__version__}-sm{capability.replace('.', '')}-{device_slug(device_name)}"
+    path = cache_root() / "engines" / f"{name}-t{tile}-b{max_batch}.engine"
+    if path.is_file() and sidecar_path(path).is_file() and read_sidecar(path).get(KEY_ONNX_SHA256) == sha:
+        log(f"TensorRT engine from the cache: {path}")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = build_engine(onnx_path, path, max_batch=max_batch, tile=tile, device=device, log=log)
+    log(result.summary())
+    return path

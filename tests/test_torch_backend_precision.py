@@ -9,7 +9,7 @@ from _runtime_models import save_checkpoint, tissue_image
 
 from segcls.errors import SegclsError
 from segcls.runtime.backends import open_backend
-from segcls.runtime.backends.torch import DeviceArray, TorchBackend
+from segcls.runtime.backends.torch import TorchBackend
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,3 @@ def test_precision_is_refused_for_exported_models(tmp_path):
     onnx.write_bytes(b"")
     with pytest.raises(SegclsError, match="--precision is for the torch backend"):
         open_backend(onnx, precision="fp16")
-
-
-def test_device_array_copies_once_and_only_when_read():
-    tensor = torch.arange(2 * 3 * 4, dtype=torch.float16).reshape(2, 3, 4)
-    probs = DeviceArray(tensor)
-    row = probs[1]
-    assert isinstance(row, DeviceArray) and row.shape == (3, 4) and len(probs) == 2
-    assert not probs.on_host and not row.on_host  # a stitcher that ignores probs costs no copy
-    np.testing.assert_array_equal(row[:, 1:3], tensor[1, :, 1:3].numpy())
-    assert probs.on_host and row.on_host
-    np.testing.assert_array_equal(np.asarray(probs, dtype=np.float32), tensor.float().numpy())
-    assert probs[0].dtype == np.float16  # fetched: plain numpy from now on

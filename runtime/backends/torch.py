@@ -21,6 +21,7 @@ import numpy as np
 from segcls.errors import BackendUnavailableError, SegclsError
 from segcls.runtime.backends import PRECISIONS
 from segcls.runtime.backends.base import Backend, BackendOutput
+from segcls.runtime.backends.lazy import LazyArray
 
 
 def _import_torch():
@@ -29,45 +30,6 @@ def _import_torch():
     except ImportError:
         raise BackendUnavailableError("torch is not installed: pip install 'segcls[train]'") from None
     return torch
-
-
-class DeviceArray:
-    """Batch outputs still on the GPU, copied to the host (once, the whole batch) when first read.
-
-    `out.probs[i]` is itself lazy (a row), so the pipeline can hand it to a stitcher that ignores it
-    without a copy; any other index, `np.asarray` or a row's own indexing fetches.
-    """
-
-    def __init__(self, tensor, parent: DeviceArray | None = None, index: int = 0) -> None:
-        self._tensor, self._host, self._parent, self._index = tensor, None, parent, index
-
-    def _fetch(self) -> np.ndarray:
-        if self._parent is not None:
-            return self._parent._fetch()[self._index]
-        if self._host is None:
-            self._host = self._tensor.cpu().numpy()  # on the stream that made it: waits for it
-            self._tensor = None
-        return self._host
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._tensor.shape) if self._tensor is not None else self._fetch().shape
-
-    @property
-    def on_host(self) -> bool:
-        return self._parent.on_host if self._parent is not None else self._host is not None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index):
-        if self._parent is None and self._host is None and isinstance(index, (int, np.integer)):
-            return DeviceArray(self._tensor[int(index)], self, int(index))
-        return self._fetch()[index]
-
-    def __array__(self, dtype=None, copy=None):
-        host = self._fetch()
-        return host if dtype is None else host.astype(dtype)
 
 
 class TorchBackend(Backend):
@@ -173,7 +135,9 @@ class TorchBackend(Backend):
     def _finish(queued) -> BackendOutput:
         done, labels_host, probs, scores_host = queued
         done.synchronize()
-        return BackendOutput(labels_host.numpy(), DeviceArray(probs), scores_host.numpy())
+        half = probs.half()  # a no-op in fp16; halves the copy in fp32; bf16 has no numpy dtype
+        lazy_probs = LazyArray(lambda: half.cpu().numpy(), tuple(probs.shape))  # on the stream that made it
+        return BackendOutput(labels_host.numpy(), lazy_probs, scores_host.numpy())
 
     @property
     def device(self) -> str:

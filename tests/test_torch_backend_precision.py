@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from _runtime_models import save_checkpoint, tissue_image
 
 from segcls.errors import SegclsError

@@ -50,6 +50,25 @@ def gpu_info() -> dict:
     return {"gpus": rows} if rows else {"error": out.stderr.strip() or "no GPU listed"}
 
 
+def test_results(junit_xml: Path) -> dict:
+    """Counts and the names of failed / skipped tests from pytest's --junitxml report."""
+    import xml.etree.ElementTree as ET
+
+    if not junit_xml.is_file():
+        return {"error": f"no pytest report at {junit_xml}"}
+    root = ET.parse(junit_xml).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    out: dict = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    out["not_passed"] = {}
+    for case in suite.iter("testcase"):
+        for kind in ("failure", "error", "skipped"):
+            node = case.find(kind)
+            if node is not None:
+                name = f"{case.get('classname')}::{case.get('name')}"
+                out["not_passed"][name] = f"{kind}: {(node.get('message') or '')[:300]}"
+    return out
+
+
 def random_checkpoint(folder: Path, mpp: float = 0.5) -> Path:
     """A seeded random network with random BatchNorm statistics (so labels vary across the tile)."""
     import torch
@@ -203,6 +222,7 @@ def run_check(
     workers: int | None = None,
     seconds: float = 3.0,
     agreement_tiles: int = 4,
+    junit: Path | None = None,
 ) -> dict:
     """Everything the GPU check measures; writes gpu-check.json and gpu-check.md into `out_dir`."""
     import torch
@@ -224,6 +244,8 @@ def run_check(
         "backends": {},
         "skipped": {},
     }
+    if junit is not None:
+        report["gpu_tests"] = test_results(Path(junit))
     with tempfile.TemporaryDirectory(prefix="segcls-gpu-check-") as tmp:
         work = Path(tmp)
         checkpoint = random_checkpoint(work)
@@ -300,6 +322,11 @@ def markdown(report: dict) -> str:
             f"| {e['e2e_over_min']} | {'met' if e['target_met'] else 'MISSED'} |"
         )
     lines += ["", *(f"- skipped {k}: {v}" for k, v in report["skipped"].items())]
+    if "gpu_tests" in report:
+        t = report["gpu_tests"]
+        lines += ["", f"GPU tests: {t}" if "error" in t else
+                  f"GPU tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped",
+                  *(f"- {k}: {v}" for k, v in t.get("not_passed", {}).items())]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -316,6 +343,12 @@ def summary(report: dict) -> str:
             f"read {e['read_only_tiles_per_s']}) {'target met' if e['target_met'] else 'TARGET MISSED'}"
         )
     out += [f"{label:<20} SKIPPED: {why}" for label, why in report["skipped"].items()]
+    t = report.get("gpu_tests")
+    if t and "error" not in t:
+        out.append(f"gpu tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped")
+        out += [f"  {name}: {why}" for name, why in t["not_passed"].items()]
+    elif t:
+        out.append(f"gpu tests: {t['error']}")
     return "\n".join(out)
 
 
@@ -336,10 +369,11 @@ def write_report(report: dict, out_dir: Path) -> None:
 @click.option("--e2e-batch", default=16, show_default=True)
 @click.option("--workers", type=int, help="Reader threads [default: the cores, at most 16].")
 @click.option("--seconds", default=3.0, show_default=True, help="Time per throughput point.")
+@click.option("--junit", type=click.Path(path_type=Path), help="pytest --junitxml report of the gpu tests, to include.")
 def main(out_dir: Path, device: str, tile: int, batches: tuple[int, ...], slide_px: int, e2e_batch: int,
-         workers: int | None, seconds: float) -> None:  # fmt: skip
+         workers: int | None, seconds: float, junit: Path | None) -> None:  # fmt: skip
     """Measure the backends that run here; OUT_DIR gets gpu-check.json and gpu-check.md."""
-    report = run_check(out_dir, device, tile, tuple(batches), slide_px, e2e_batch, workers, seconds)
+    report = run_check(out_dir, device, tile, tuple(batches), slide_px, e2e_batch, workers, seconds, junit=junit)
     click.echo(summary(report))
 
 

@@ -375,6 +375,8 @@ def main(out_dir: Path, device: str, tile: int, batches: tuple[int, ...], slide_
     """Measure the backends that run here; OUT_DIR gets gpu-check.json and gpu-check.md."""
     report = run_check(out_dir, device, tile, tuple(batches), slide_px, e2e_batch, workers, seconds, junit=junit)
     click.echo(summary(report))
+    if not report["backends"]:  # e.g. a CPU-only torch on a GPU machine: nothing was checked
+        sys.exit(1)
 
 
 if __name__ == "__main__":

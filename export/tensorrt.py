@@ -77,6 +77,16 @@ def network_flags(trt) -> int:
     return 1 << int(flags.STRONGLY_TYPED) if hasattr(flags, "STRONGLY_TYPED") else 0
 
 
+def _tensorrt_and_gpu(device: int):
+    """The tensorrt module and GPU `device`'s compute capability and name (what engines are keyed by)."""
+    trt = import_tensorrt()
+    cuda = CudaDevice(device)
+    try:
+        return trt, cuda.compute_capability, cuda.name
+    finally:
+        cuda.close()
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -95,12 +105,7 @@ def build_engine(
     if tile < 16 or tile % 16:
         raise SegclsError(f"--tile must be a positive multiple of 16, got {tile}")
     read_model_info(onnx_path)  # refuses a file that is not a segcls ONNX model
-    trt = import_tensorrt()
-    cuda = CudaDevice(device)
-    try:
-        capability, device_name = cuda.compute_capability, cuda.name
-    finally:
-        cuda.close()
+    trt, capability, device_name = _tensorrt_and_gpu(device)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(trt.__version__, capability, device_name)
 
     start = time.perf_counter()
@@ -189,12 +194,7 @@ def cached_engine(
     """
     onnx_path = Path(onnx_path)
     read_model_info(onnx_path)
-    trt = import_tensorrt()
-    cuda = CudaDevice(device)
-    try:
-        capability, device_name = cuda.compute_capability, cuda.name
-    finally:
-        cuda.close()
+    trt, capability, device_name = _tensorrt_and_gpu(device)
     sha = file_sha256(onnx_path)
     name = f"{sha[:16]}-trt{trt.__version__}-sm{capability.replace('.', '')}-{device_slug(device_name)}"
     path = cache_root() / "engines" / f"{name}-t{tile}-b{max_batch}.engine"

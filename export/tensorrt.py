@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from segcls.atomic import atomic_path
 from segcls.errors import ExportError, SegclsError
+from segcls.hashing import file_sha256
 from segcls.runtime.backends.tensorrt import CudaDevice, import_tensorrt
 from segcls.runtime.model_info import (
     INPUT_NAME,
@@ -37,6 +39,7 @@ from segcls.runtime.model_info import (
     KEY_TENSORRT_VERSION,
     read_model_info,
     read_onnx_metadata,
+    read_sidecar,
     sidecar_path,
 )
 
@@ -53,15 +56,35 @@ class EngineResult:
         return f"wrote {self.path} ({self.nbytes / 2**20:.1f} MiB) and {self.sidecar.name} in {self.seconds:.0f} s"
 
 
-def default_timing_cache(tensorrt_version: str, compute_capability: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "segcls" / f"tensorrt-{tensorrt_version}-sm{compute_capability.replace('.', '')}.timing"
+def cache_root() -> Path:
+    """`~/.cache/segcls` (or under `$XDG_CACHE_HOME`): timing caches and engines built on demand."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcls"
+
+
+def device_slug(device_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", device_name).strip("-") or "gpu"
+
+
+def default_timing_cache(tensorrt_version: str, compute_capability: str, device_name: str) -> Path:
+    """Keyed by device name too: an H100 and an H200 are both sm 9.0 but TensorRT refuses the other's cache."""
+    sm = compute_capability.replace(".", "")
+    return cache_root() / f"tensorrt-{tensorrt_version}-sm{sm}-{device_slug(device_name)}.timing"
 
 
 def network_flags(trt) -> int:
     """`create_network` flags: STRONGLY_TYPED when the enum has it (10.x; ignored by 11.x), else none."""
     flags = trt.NetworkDefinitionCreationFlag
     return 1 << int(flags.STRONGLY_TYPED) if hasattr(flags, "STRONGLY_TYPED") else 0
+
+
+def _tensorrt_and_gpu(device: int):
+    """The tensorrt module and GPU `device`'s compute capability and name (what engines are keyed by)."""
+    trt = import_tensorrt()
+    cuda = CudaDevice(device)
+    try:
+        return trt, cuda.compute_capability, cuda.name
+    finally:
+        cuda.close()
 
 
 def build_engine(
@@ -76,21 +99,14 @@ def build_engine(
     log: Callable[[str], None] = lambda message: None,
 ) -> EngineResult:
     """Build `engine_path` and its sidecar from a segcls ONNX model on GPU `device`."""
-    from segcls.checkpoint import file_sha256
-
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if max_batch < 1:
         raise SegclsError(f"--max-batch must be >= 1, got {max_batch}")
     if tile < 16 or tile % 16:
         raise SegclsError(f"--tile must be a positive multiple of 16, got {tile}")
     read_model_info(onnx_path)  # refuses a file that is not a segcls ONNX model
-    trt = import_tensorrt()
-    cuda = CudaDevice(device)
-    try:
-        capability, device_name = cuda.compute_capability, cuda.name
-    finally:
-        cuda.close()
-    cache_path = Path(timing_cache) if timing_cache else default_timing_cache(trt.__version__, capability)
+    trt, capability, device_name = _tensorrt_and_gpu(device)
+    cache_path = Path(timing_cache) if timing_cache else default_timing_cache(trt.__version__, capability, device_name)
 
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -106,8 +122,7 @@ def build_engine(
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _attach_timing_cache(config, cache_path, log)
 
     log(f"building TensorRT {trt.__version__} engine for {device_name} (sm {capability}), "
         f"batch 1..{max_batch} at {tile}x{tile}; this takes minutes")  # fmt: skip
@@ -135,11 +150,58 @@ def build_engine(
     return EngineResult(engine_path, side_path, cache_path, seconds, engine_path.stat().st_size)
 
 
+def _attach_timing_cache(config, path: Path, log: Callable[[str], None]) -> None:
+    """Start from the cache at `path` when TensorRT accepts it, else from an empty one.
+
+    `set_timing_cache(..., ignore_mismatch=False)` returns False for a cache made on a device with other
+    properties (and then the config has none); a mismatched cache is never forced in, since its timings
+    describe another GPU.
+    """
+    if path.is_file():
+        if config.set_timing_cache(config.create_timing_cache(path.read_bytes()), ignore_mismatch=False):
+            return
+        log(f"warning: timing cache {path} was made on another GPU or TensorRT; building without it and replacing it")
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        log("warning: TensorRT refused an empty timing cache; building without one")
+
+
 def _save_timing_cache(config, path: Path, log: Callable[[str], None]) -> None:
     """A cache that cannot be saved only makes the next build slower: say so and go on."""
+    cache = config.get_timing_cache()
+    if cache is None:  # none was attached (see `_attach_timing_cache`)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+            tmp.write_bytes(memoryview(cache.serialize()))
     except (OSError, SegclsError) as e:
         log(f"warning: timing cache not saved to {path}: {e}")
+
+
+def cached_engine(
+    onnx_path: str | Path,
+    *,
+    tile: int = 1024,
+    max_batch: int = 32,
+    device: int = 0,
+    log: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """The engine for `onnx_path` in `~/.cache/segcls/engines/`, built on first use and reused after.
+
+    An engine runs only where it was built, so the key is the model's sha256, the TensorRT version, the
+    compute capability and the device name (TensorRT tells an H100 from an H200, both sm 9.0), plus the
+    tile and batch the profile was built for.
+    """
+    onnx_path = Path(onnx_path)
+    read_model_info(onnx_path)
+    trt, capability, device_name = _tensorrt_and_gpu(device)
+    sha = file_sha256(onnx_path)
+    name = f"{sha[:16]}-trt{trt.__version__}-sm{capability.replace('.', '')}-{device_slug(device_name)}"
+    path = cache_root() / "engines" / f"{name}-t{tile}-b{max_batch}.engine"
+    if path.is_file() and sidecar_path(path).is_file() and read_sidecar(path).get(KEY_ONNX_SHA256) == sha:
+        log(f"TensorRT engine from the cache: {path}")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = build_engine(onnx_path, path, max_batch=max_batch, tile=tile, device=device, log=log)
+    log(result.summary())
+    return path

@@ -11,7 +11,7 @@ import click
 
 from segcls.cli._common import handle_errors
 from segcls.errors import SegclsError
-from segcls.runtime.backends import BACKENDS
+from segcls.runtime.backends import BACKENDS, PRECISIONS
 from segcls.runtime.stitch import STITCH_MODES
 
 SLIDE_SUFFIXES = {
@@ -115,6 +115,11 @@ def _extra_option(kind: str, what: str):
     show_default=True,
     help="auto: the backend for the model file, on the fastest device that really runs here.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="torch backend only [default: fp16 on CUDA, fp32 on the CPU]; exported models keep theirs.",
+)
 @click.option("--batch", default=4, show_default=True, help="Tiles per inference call.")
 @click.option("--tile", default=1024, show_default=True, help="Tile side at the read resolution, px (x16).")
 @click.option("--overlap", default=64, show_default=True, help="Context on each side of a tile, px (x16).")
@@ -178,6 +183,7 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options
     if options["truth"] is not None and many:
         raise click.UsageError("--truth scores one slide: give a single SLIDE")
     extras = {k: options.pop(k) for k in EXTRA_OUTPUTS}
+    precision = options.pop("precision")
     opts = InferOptions(progress=not quiet, **options)
     if many:
         out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +198,8 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options
     if not todo:
         return
 
-    backend = open_model(model, opts.backend)
+    echo = lambda message: click.echo(message, err=True)  # noqa: E731
+    backend = open_model(model, opts.backend, precision=precision, tile=opts.tile, batch=opts.batch, log=echo)
     click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
     failed = []
     try:

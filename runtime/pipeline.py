@@ -158,7 +158,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def open_model(model_path: str | Path, backend: str = "auto") -> Backend:
+def open_model(model_path: str | Path, backend: str = "auto", **kwargs) -> Backend:
     """`open_backend` with the thread budget the pipeline plans with: ONNX Runtime gets every core.
 
     Its default is the physical-core count, which a container's CPU share or SMT can make wrong; the
@@ -166,7 +166,8 @@ def open_model(model_path: str | Path, backend: str = "auto") -> Backend:
     """
     from segcls.runtime.backends import backend_for
 
-    kwargs = {"threads": available_cores()} if backend_for(model_path) == "onnxruntime" else {}
+    if backend in ("auto", "onnxruntime") and backend_for(model_path) == "onnxruntime":
+        kwargs.setdefault("threads", available_cores())
     return open_backend(model_path, backend, **kwargs)
 
 

@@ -5,7 +5,6 @@ Saved atomically; loaded with `weights_only=True` (no pickled code runs on load)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from segcls.atomic import atomic_path
 from segcls.description import ModelDescription
 from segcls.errors import CheckpointError
+from segcls.hashing import file_sha256  # noqa: F401 - re-exported: callers import it from here
 from segcls.model import SegClsNet, build_model
 
 FORMAT = "segcls-checkpoint"
@@ -61,11 +61,3 @@ def load_model(path: str | Path) -> tuple[SegClsNet, ModelDescription, dict[str,
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the segcls network: {first}") from None
     return model.eval(), description, payload
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -7,8 +7,9 @@ EXPLICIT_BATCH network flag, `BuilderFlag.FP16`) or TensorRT 11 (no EXPLICIT_BAT
 `BuilderFlag.FP16` on a strongly typed network. The "engine" it serialises records the ONNX model's I/O
 and the profile; executing it computes `reference_outputs` from the input in fake device memory.
 
-`fake_cudart()` keeps "device" buffers in host numpy arrays whose addresses are real pointers, so
-`cudaMemcpyAsync` is a checked `ctypes.memmove`; an out-of-bounds copy fails the test.
+`fake_cudart()` keeps "device" and page-locked buffers in numpy arrays whose addresses are real pointers,
+so `cudaMemcpyAsync` is a checked `ctypes.memmove` (out of bounds, or from pageable memory, fails the
+test), queued on its stream and run only when the host waits for it.
 """
 
 from __future__ import annotations
@@ -38,34 +39,107 @@ def reference_outputs(image: np.ndarray, num_classes: int, probs_dtype=np.float3
 
 
 def fake_cudart(capability: tuple[int, int] = (8, 9), name: str = "Fake GPU", devices: int = 1):
+    """A `cuda.bindings.runtime` double whose streams really are asynchronous.
+
+    Work queued on a stream (copies, event records, waits, engine runs through `rt.enqueue`) runs only
+    when the host waits for it (`cudaEventSynchronize`, `cudaStreamSynchronize`) or when another
+    stream's `cudaStreamWaitEvent` needs it. So a backend that reads a host buffer before waiting, or
+    refills one whose upload has not run yet, computes wrong outputs and fails its test. `rt.calls` logs
+    every call in the order the host made it, for tests of what overlaps what.
+    """
     rt = types.ModuleType("cuda.bindings.runtime")
     rt.cudaError_t = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorInvalidValue": 1,
                                                   "cudaErrorNoDevice": 100})  # fmt: skip
     rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
+    rt.cudaHostAllocDefault = 0
     ok = rt.cudaError_t.cudaSuccess
     rt.memory = {}  # device address -> backing uint8 array
-    rt.streams = set()
+    rt.host = {}  # page-locked host address -> backing uint8 array
+    rt.streams = {}  # stream handle -> queue of (label, work) not run yet
+    rt.events = {}  # event handle -> [stream it was last recorded on, times recorded, times completed]
+    rt.calls = []  # (call, *handles) in host order
+    rt.ran = []  # labels of queued work in the order it ran
+    handles = iter(range(1000, 10**6))
 
-    def find(addr: int, nbytes: int) -> None:
-        for base, arr in rt.memory.items():
-            if base <= addr and addr + nbytes <= base + arr.nbytes:
-                return
-        raise AssertionError(f"copy of {nbytes} bytes at {addr:#x} is outside every device allocation")
+    def within(memory, addr: int, nbytes: int) -> bool:
+        return any(base <= addr and addr + nbytes <= base + arr.nbytes for base, arr in memory.items())
+
+    def enqueue(stream, label: str, work) -> None:
+        assert int(stream) in rt.streams, f"{label} on an unknown stream"
+        rt.streams[int(stream)].append((label, work))
+
+    def run(stream: int, until=None) -> None:
+        """Run `stream`'s queued work in order, until `until()` holds (all of it when None)."""
+        queue = rt.streams[stream]
+        while queue and not (until and until()):
+            label, work = queue.pop(0)
+            work()
+            rt.ran.append(label)
 
     def cudaMalloc(nbytes):
         arr = np.zeros(int(nbytes), np.uint8)
         rt.memory[arr.ctypes.data] = arr
         return ok, arr.ctypes.data
 
+    def cudaHostAlloc(nbytes, flags):
+        arr = np.zeros(int(nbytes), np.uint8)
+        rt.host[arr.ctypes.data] = arr
+        return ok, arr.ctypes.data
+
     def cudaMemcpyAsync(dst, src, nbytes, kind, stream):
-        assert int(stream) in rt.streams, "copy on an unknown stream"
-        find(dst if kind == rt.cudaMemcpyKind.cudaMemcpyHostToDevice else src, nbytes)
-        ctypes.memmove(dst, src, nbytes)
+        h2d = kind == rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        device, host = (dst, src) if h2d else (src, dst)
+        if not within(rt.memory, device, nbytes):
+            raise AssertionError(f"copy of {nbytes} bytes at {device:#x} is outside every device allocation")
+        assert within(rt.host, host, nbytes), "asynchronous copy from/to pageable host memory"
+        label = "H2D" if h2d else "D2H"
+        rt.calls.append((label, int(stream)))
+        enqueue(stream, label, lambda: ctypes.memmove(dst, src, nbytes))
         return (ok,)
 
     def cudaStreamCreate():
-        rt.streams.add(len(rt.streams) + 1000)
-        return ok, max(rt.streams)
+        stream = next(handles)
+        rt.streams[stream] = []
+        return ok, stream
+
+    def cudaEventCreate():
+        event = next(handles)
+        rt.events[event] = [None, 0, 0]
+        return ok, event
+
+    def cudaEventRecord(event, stream):
+        state = rt.events[int(event)]
+        state[0], state[1] = int(stream), state[1] + 1
+        rt.calls.append(("record", int(event), int(stream)))
+        target = state[1]
+        enqueue(stream, "record", lambda: state.__setitem__(2, max(state[2], target)))
+        return (ok,)
+
+    def complete(event: int, target: int) -> None:
+        state = rt.events[event]
+        if state[0] is not None:
+            run(state[0], until=lambda: state[2] >= target)
+        assert state[2] >= target, "waited for an event that can never complete"
+
+    def cudaEventSynchronize(event):
+        rt.calls.append(("sync", int(event)))
+        complete(int(event), rt.events[int(event)][1])
+        return (ok,)
+
+    def cudaStreamWaitEvent(stream, event, flags):
+        target = rt.events[int(event)][1]
+        rt.calls.append(("wait", int(stream), int(event)))
+        enqueue(stream, "wait", lambda: complete(int(event), target))
+        return (ok,)
+
+    def cudaStreamSynchronize(stream):
+        run(int(stream))
+        return (ok,)
+
+    def cudaStreamDestroy(stream):
+        assert not rt.streams[int(stream)], "stream destroyed with work still queued"
+        del rt.streams[int(stream)]
+        return (ok,)
 
     if devices == 0:
         rt.cudaGetDeviceCount = lambda: (rt.cudaError_t.cudaErrorNoDevice, 0)
@@ -74,12 +148,16 @@ def fake_cudart(capability: tuple[int, int] = (8, 9), name: str = "Fake GPU", de
     rt.cudaSetDevice = lambda index: (ok,)
     props = types.SimpleNamespace(name=name.encode() + b"\0\0", major=capability[0], minor=capability[1])
     rt.cudaGetDeviceProperties = lambda index: (ok, props)
-    rt.cudaMalloc = cudaMalloc
+    rt.cudaMalloc, rt.cudaHostAlloc, rt.cudaMemcpyAsync = cudaMalloc, cudaHostAlloc, cudaMemcpyAsync
     rt.cudaFree = lambda addr: (ok, rt.memory.pop(addr))[:1]
-    rt.cudaMemcpyAsync = cudaMemcpyAsync
-    rt.cudaStreamCreate = cudaStreamCreate
-    rt.cudaStreamSynchronize = lambda stream: (ok,)
-    rt.cudaStreamDestroy = lambda stream: (ok, rt.streams.discard(int(stream)))[:1]
+    rt.cudaFreeHost = lambda addr: (ok, rt.host.pop(addr))[:1]
+    rt.cudaStreamCreate, rt.cudaStreamSynchronize, rt.cudaStreamDestroy = (
+        cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy)  # fmt: skip
+    rt.cudaEventCreate, rt.cudaEventRecord, rt.cudaEventSynchronize = (
+        cudaEventCreate, cudaEventRecord, cudaEventSynchronize)  # fmt: skip
+    rt.cudaEventDestroy = lambda event: (ok, rt.events.pop(int(event)))[:1]
+    rt.cudaStreamWaitEvent = cudaStreamWaitEvent
+    rt.enqueue = enqueue
     return rt
 
 
@@ -156,14 +234,21 @@ def fake_tensorrt(style: int = 10, version: str | None = None, cudart=None):
         def set_shape(self, name, lo, opt, hi):
             self.shapes[name] = [list(lo), list(opt), list(hi)]
 
+    def current_device() -> bytes:
+        rt = cudart or sys.modules["cuda.bindings.runtime"]
+        return bytes(rt.cudaGetDeviceProperties(0)[1].name).split(b"\0")[0]
+
     class TimingCache:
+        """Serialised as FAKECACHE:<device name>:<builds>; an empty one belongs to the current device."""
+
         def __init__(self, data: bytes):
-            if data and not data.startswith(b"FAKECACHE"):
+            if data and not data.startswith(b"FAKECACHE:"):
                 raise RuntimeError("invalid timing cache")
-            self.builds = int(data[9:] or 0) if data else 0
+            _, device, builds = data.split(b":") if data else (b"", current_device(), b"0")
+            self.device, self.builds = device, int(builds)
 
         def serialize(self):
-            return b"FAKECACHE%d" % self.builds
+            return b"FAKECACHE:%s:%d" % (self.device, self.builds)
 
     class Config:
         def __init__(self):
@@ -183,6 +268,10 @@ def fake_tensorrt(style: int = 10, version: str | None = None, cudart=None):
             return TimingCache(bytes(data))
 
         def set_timing_cache(self, cache, ignore_mismatch):
+            """Like TensorRT: a cache from a device with other properties is refused (False) unless
+            `ignore_mismatch`, and then the config has no cache (`get_timing_cache()` is None)."""
+            if cache.device != current_device() and not ignore_mismatch:
+                return False
             self.cache = cache
             return True
 
@@ -261,13 +350,20 @@ def fake_tensorrt(style: int = 10, version: str | None = None, cudart=None):
             return True
 
         def execute_async_v3(self, stream_handle):
+            """Queues the run on the stream, with the shape and addresses set now (as TensorRT does)."""
             assert isinstance(stream_handle, int)
             rt = cudart or sys.modules["cuda.bindings.runtime"]
+            shape, addresses = self.shape, dict(self.addresses)
             dtype = {n: trt.nptype(self.engine.get_tensor_dtype(n)) for n in self.engine.names}
-            image = device_array(rt, self.addresses["image"], np.uint8, self.shape)
-            results = reference_outputs(image, self.num_classes, dtype["probs"])
-            for name, value in zip(("labels", "probs", "class_scores"), results, strict=True):
-                device_array(rt, self.addresses[name], dtype[name], value.shape)[...] = value
+
+            def run():
+                image = device_array(rt, addresses["image"], np.uint8, shape)
+                results = reference_outputs(image, self.num_classes, dtype["probs"])
+                for name, value in zip(("labels", "probs", "class_scores"), results, strict=True):
+                    device_array(rt, addresses[name], dtype[name], value.shape)[...] = value
+
+            rt.calls.append(("exec", stream_handle))
+            rt.enqueue(stream_handle, "exec", run)
             return True
 
     class Runtime:

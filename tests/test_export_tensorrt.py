@@ -73,8 +73,8 @@ def test_build_and_infer(style, monkeypatch, tmp_path, fakes):
     side = json.loads((tmp_path / "model.engine.json").read_text())
     assert side[mi.KEY_TENSORRT_VERSION] == trt.__version__ and side[mi.KEY_COMPUTE_CAPABILITY] == "8.9"
     assert side[mi.KEY_DESCRIPTION]["classes"] == ["a", "b", "c", "d"] and side[mi.KEY_PRECISION] == "fp16"
-    assert result.timing_cache == default_timing_cache(trt.__version__, "8.9")
-    assert result.timing_cache.read_bytes() == b"FAKECACHE1"
+    assert result.timing_cache == default_timing_cache(trt.__version__, "8.9", "Fake GPU")
+    assert result.timing_cache.read_bytes() == b"FAKECACHE:Fake GPU:1"
 
     images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)  # > max batch
     with TensorRTBackend(engine) as backend:
@@ -88,7 +88,7 @@ def test_build_and_infer(style, monkeypatch, tmp_path, fakes):
     np.testing.assert_array_equal(out.probs, probs)
     np.testing.assert_allclose(out.class_scores, scores, rtol=1e-6)
     assert out.probs.dtype == np.float16 and out.labels.dtype == np.uint8
-    assert cudart.memory == {} and cudart.streams == set()  # close() freed everything
+    assert cudart.memory == cudart.host == cudart.streams == cudart.events == {}  # close() freed everything
 
 
 def test_timing_cache_is_reused(fakes, tmp_path):
@@ -96,7 +96,28 @@ def test_timing_cache_is_reused(fakes, tmp_path):
     cache = tmp_path / "my.timing"
     build_engine(onnx_path, tmp_path / "a.engine", tile=32, timing_cache=cache)
     build_engine(onnx_path, tmp_path / "b.engine", tile=32, timing_cache=cache)
-    assert cache.read_bytes() == b"FAKECACHE2"  # the second build started from the first one's cache
+    assert cache.read_bytes() == b"FAKECACHE:Fake GPU:2"  # the second build started from the first one's cache
+
+
+def test_timing_cache_from_another_device_is_replaced(fakes, tmp_path, monkeypatch):
+    """TensorRT refuses a cache made on a device with other properties (an H100's cache on an H200: both
+    sm 9.0); the build goes on without it and writes a fresh cache for this device."""
+    onnx_path = _onnx(tmp_path / "m.onnx", precision="fp32")
+    cache = tmp_path / "my.timing"
+    cache.write_bytes(b"FAKECACHE:NVIDIA H100:7")
+    messages = []
+    result = build_engine(onnx_path, tmp_path / "a.engine", tile=32, timing_cache=cache, log=messages.append)
+    assert result.path.is_file()
+    assert cache.read_bytes() == b"FAKECACHE:Fake GPU:1"
+    warnings = [m for m in messages if m.startswith("warning:")]
+    assert len(warnings) == 1 and "another GPU or TensorRT" in warnings[0] and str(cache) in warnings[0]
+
+
+def test_default_timing_cache_names_the_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    h100 = default_timing_cache("10.3.0", "9.0", "NVIDIA H100 80GB HBM3")
+    assert h100 != default_timing_cache("10.3.0", "9.0", "NVIDIA H200")
+    assert h100.parent == tmp_path / "segcls" and h100.name == "tensorrt-10.3.0-sm90-NVIDIA-H100-80GB-HBM3.timing"
 
 
 def test_network_flags_without_strongly_typed_flag():
@@ -134,7 +155,7 @@ def test_mismatched_engine_is_refused(change, message, fakes, monkeypatch, tmp_p
         backend.load()
     assert "segcls-export --trt" in str(err.value)
     if "cudart" in change:
-        assert change["cudart"].streams == set()  # the refused load released the device
+        assert change["cudart"].streams == change["cudart"].host == {}  # the refused load released the device
 
 
 def test_engine_without_sidecar(fakes, tmp_path):

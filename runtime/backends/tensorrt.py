@@ -1,13 +1,18 @@
 """TensorRT backend: a serialised engine + its sidecar, run with the name-based tensor API.
 
 Works on TensorRT 10 and 11 (`set_input_shape`, `set_tensor_address`, `execute_async_v3`; no bindings).
-Device memory and streams come from cuda-python (`cuda.bindings.runtime`). An engine only runs on the
+Device memory, page-locked host memory, streams and events come from cuda-python (`cuda.bindings.runtime`;
+`cuda.cudart` before 12.6). An engine only runs on the
 TensorRT version and GPU architecture it was built for, so the sidecar's record of both is checked
 before deserialising, and a mismatch is refused with a message that says how to rebuild.
 """
 
 from __future__ import annotations
 
+import ctypes
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +51,11 @@ def _import_cudart():
 
 
 class CudaDevice:
-    """The few CUDA runtime calls TensorRT inference needs: one device, one stream, raw buffers.
+    """The few CUDA runtime calls TensorRT inference needs: one device, streams, events, raw buffers.
 
-    cuda-python returns `(error, *values)` from every call; `_call` turns errors into exceptions.
+    cuda-python returns `(error, *values)` from every call; `_call` turns errors into exceptions. Host
+    buffers come from `cudaHostAlloc` (page-locked): `cudaMemcpyAsync` from pageable memory is staged by
+    the driver and does not overlap with compute.
     """
 
     def __init__(self, index: int = 0) -> None:
@@ -62,8 +69,10 @@ class CudaDevice:
         name = props.name
         self.name = (name.split(b"\0")[0].decode() if isinstance(name, bytes) else str(name)).strip()
         self.compute_capability = f"{props.major}.{props.minor}"
-        self.stream = self._call("cudaStreamCreate")
         self._buffers: list[int] = []
+        self._host: list[int] = []
+        self._streams: list = []
+        self._events: list = []
 
     def _call(self, fn: str, *args, unavailable: bool = False):
         err, *values = getattr(self.cudart, fn)(*args)
@@ -77,24 +86,53 @@ class CudaDevice:
         self._buffers.append(ptr)
         return ptr
 
-    def to_device(self, ptr: int, array: np.ndarray) -> None:
+    def host_array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A numpy array in page-locked host memory, freed by `close()`."""
+        dtype = np.dtype(dtype)
+        nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+        ptr = int(self._call("cudaHostAlloc", nbytes, self.cudart.cudaHostAllocDefault))
+        self._host.append(ptr)
+        raw = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+        return raw[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+    def stream(self):
+        self._streams.append(self._call("cudaStreamCreate"))
+        return self._streams[-1]
+
+    def event(self):
+        self._events.append(self._call("cudaEventCreate"))
+        return self._events[-1]
+
+    def to_device(self, ptr: int, array: np.ndarray, stream) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call("cudaMemcpyAsync", ptr, array.ctypes.data, array.nbytes, kind, self.stream)
+        self._call("cudaMemcpyAsync", ptr, array.ctypes.data, array.nbytes, kind, stream)
 
-    def to_host(self, array: np.ndarray, ptr: int) -> None:
+    def to_host(self, array: np.ndarray, ptr: int, stream) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call("cudaMemcpyAsync", array.ctypes.data, ptr, array.nbytes, kind, self.stream)
+        self._call("cudaMemcpyAsync", array.ctypes.data, ptr, array.nbytes, kind, stream)
 
-    def synchronize(self) -> None:
-        self._call("cudaStreamSynchronize", self.stream)
+    def record(self, event, stream) -> None:
+        self._call("cudaEventRecord", event, stream)
+
+    def wait(self, stream, event) -> None:
+        """Work queued on `stream` after this waits for `event` (on the GPU; the host goes on)."""
+        self._call("cudaStreamWaitEvent", stream, event, 0)
+
+    def synchronize(self, event) -> None:
+        self._call("cudaEventSynchronize", event)
 
     def close(self) -> None:
+        for stream in self._streams:  # nothing may still be copying into memory about to be freed
+            self.cudart.cudaStreamSynchronize(stream)
+        for event in self._events:
+            self.cudart.cudaEventDestroy(event)
+        for stream in self._streams:
+            self.cudart.cudaStreamDestroy(stream)
         for ptr in self._buffers:
             self.cudart.cudaFree(ptr)
-        self._buffers.clear()
-        if self.stream is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
-            self.stream = None
+        for ptr in self._host:
+            self.cudart.cudaFreeHost(ptr)
+        self._buffers, self._host, self._streams, self._events = [], [], [], []
 
 
 def check_engine_compatible(info: ModelInfo, tensorrt_version: str, compute_capability: str) -> None:
@@ -110,18 +148,42 @@ def check_engine_compatible(info: ModelInfo, tensorrt_version: str, compute_capa
         )
 
 
+@dataclass
+class _Slot:
+    """One buffer set: the stream its batch is copied and run on, device and page-locked host buffers."""
+
+    stream: object
+    ran: object  # event recorded after the engine ran this slot's batch
+    done: object  # event recorded after its outputs reached the host buffers
+    device: dict[str, int] = field(default_factory=dict)
+    host: dict[str, np.ndarray] = field(default_factory=dict)  # each sized for the profile's largest batch
+    size: int = 0  # tiles of the batch in flight
+
+
 class TensorRTBackend(Backend):
+    """One execution context, `slots` streams with a buffer set each (two: double buffering).
+
+    `infer_stream` queues batch k+1 (host->device copy, engine, device->host copy, all asynchronous on its
+    slot's stream) before it waits for batch k's outputs, so the upload of k+1 overlaps the engine on k
+    and the download of k overlaps the engine on k+1. The engine runs of different slots are ordered by
+    events, because they share the context's activation memory.
+    """
+
     name = "tensorrt"
 
-    def __init__(self, model_path: str | Path, device: int = 0) -> None:
+    def __init__(self, model_path: str | Path, device: int = 0, slots: int = 2) -> None:
         super().__init__()
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
         self.model_path = Path(model_path)
         self.device_index = device
+        self.slots = slots
         self.info: ModelInfo | None = None
         self._cuda: CudaDevice | None = None
         self._runtime = self._engine = self._context = None
-        self._ptrs: dict[str, int] = {}
         self._dtypes: dict[str, np.dtype] = {}
+        self._slots: list[_Slot] = []
+        self._last_run = None  # the event after the most recently queued engine run
 
     def load(self) -> None:
         info = read_model_info(self.model_path)
@@ -149,19 +211,22 @@ class TensorRTBackend(Backend):
         if engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
             raise ModelError(f"{self.model_path}: '{INPUT_NAME}' is not the engine's input")
         context = engine.create_execution_context()
-        # Buffers sized for the profile's largest input; each call then uses a prefix of them.
+        # Buffers sized for the profile's largest input; each batch then uses a prefix of them.
         max_shape = tuple(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2])
         context.set_input_shape(INPUT_NAME, max_shape)
-        for name in names:
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            shape = tuple(context.get_tensor_shape(name))
-            self._dtypes[name] = dtype
-            self._ptrs[name] = self._cuda.malloc(int(np.prod(shape)) * dtype.itemsize)
-            context.set_tensor_address(name, self._ptrs[name])
+        shapes = {name: tuple(context.get_tensor_shape(name)) for name in names}
+        self._dtypes = {name: np.dtype(trt.nptype(engine.get_tensor_dtype(name))) for name in names}
+        cuda = self._cuda
+        for _ in range(self.slots):
+            slot = _Slot(cuda.stream(), cuda.event(), cuda.event())
+            for name in names:
+                slot.host[name] = cuda.host_array(shapes[name], self._dtypes[name])
+                slot.device[name] = cuda.malloc(slot.host[name].nbytes)
+            self._slots.append(slot)
         self._engine, self._context = engine, context
         self._max_batch, self._tile = max_shape[0], tuple(max_shape[1:3])
 
-    def infer(self, batch: np.ndarray) -> BackendOutput:
+    def _check(self, batch: np.ndarray) -> None:
         if self._context is None:
             raise RuntimeError("TensorRTBackend.infer() called before load()")
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
@@ -171,29 +236,71 @@ class TensorRTBackend(Backend):
                 f"{self.model_path} was built for {self._tile[0]}x{self._tile[1]} tiles, got "
                 f"{batch.shape[1]}x{batch.shape[2]}; rebuild it with segcls-export --trt --tile"
             )
-        parts = [self._infer(batch[i : i + self._max_batch]) for i in range(0, len(batch), self._max_batch)]
+
+    def infer(self, batch: np.ndarray) -> BackendOutput:
+        """Outputs the caller may keep (copies); a batch larger than the engine's runs in parts."""
+        self._check(batch)
+        chunks = (batch[i : i + self._max_batch] for i in range(0, len(batch), self._max_batch))
+        parts = [tuple(a.copy() for a in out) for out in self.infer_stream(chunks)]
         return BackendOutput(*(np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True)))
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One engine call (batch <= max batch); `execute_async_v3` takes the stream as an int handle."""
-        batch = np.ascontiguousarray(batch)
-        self._context.set_input_shape(INPUT_NAME, batch.shape)
-        self._cuda.to_device(self._ptrs[INPUT_NAME], batch)
-        if not self._context.execute_async_v3(int(self._cuda.stream)):
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[BackendOutput]:
+        free, in_flight = deque(self._slots), deque()
+        try:
+            for batch in batches:
+                self._check(batch)
+                if len(batch) > self._max_batch:  # rare (--batch above the engine's): in parts, in order
+                    while in_flight:
+                        yield self._collect(in_flight[0])
+                        free.append(in_flight.popleft())
+                    yield self.infer(batch)
+                    continue
+                if not free:  # batch k+1 is taken; now wait for batch k
+                    yield self._collect(in_flight[0])
+                    free.append(in_flight.popleft())
+                slot = free.popleft()
+                self._queue(slot, batch)
+                in_flight.append(slot)
+            while in_flight:
+                yield self._collect(in_flight[0])
+                free.append(in_flight.popleft())
+        finally:  # a consumer that stops early must not leave copies running into buffers it reuses
+            for slot in in_flight:
+                if self._cuda is not None:
+                    self._cuda.synchronize(slot.done)
+
+    def _queue(self, slot: _Slot, batch: np.ndarray) -> None:
+        """Queue one batch (<= max batch) on `slot`'s stream; returns without waiting for the GPU."""
+        cuda, context, n = self._cuda, self._context, len(batch)
+        slot.host[INPUT_NAME][:n] = batch  # pageable -> page-locked, on the host
+        cuda.to_device(slot.device[INPUT_NAME], slot.host[INPUT_NAME][:n], slot.stream)
+        if not context.set_input_shape(INPUT_NAME, batch.shape):
+            raise RuntimeError(f"TensorRT refused input shape {batch.shape} for {self.model_path}")
+        for name, ptr in slot.device.items():
+            context.set_tensor_address(name, ptr)
+        if self._last_run is not None:  # one context: its runs must not overlap each other
+            cuda.wait(slot.stream, self._last_run)
+        if not context.execute_async_v3(int(slot.stream)):  # takes the stream as an int handle
             raise RuntimeError(f"TensorRT execution of {self.model_path} failed (see the TensorRT log)")
-        outputs = []
+        cuda.record(slot.ran, slot.stream)
+        self._last_run = slot.ran
         for name in OUTPUT_NAMES:
-            out = np.empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name])
-            self._cuda.to_host(out, self._ptrs[name])
-            outputs.append(out)
-        self._cuda.synchronize()
-        return tuple(outputs)
+            cuda.to_host(slot.host[name][:n], slot.device[name], slot.stream)
+        cuda.record(slot.done, slot.stream)
+        slot.size = n
+
+    def _collect(self, slot: _Slot) -> BackendOutput:
+        """Wait for `slot`'s batch; its outputs are views of the slot's buffers, valid until it is reused."""
+        self._cuda.synchronize(slot.done)
+        return BackendOutput(*(slot.host[name][: slot.size] for name in OUTPUT_NAMES))
 
     def close(self) -> None:
         self._context = self._engine = self._runtime = None  # TensorRT objects go before their memory
         if self._cuda is not None:
             self._cuda.close()
             self._cuda = None
+        self._slots, self._last_run = [], None
+        self.info = self.description = None  # closed = not loaded: entering a `with` block loads it again
 
     @property
     def device(self) -> str:

@@ -231,7 +231,11 @@ def _init_ray(ray, address: str | None) -> None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:  # no cluster there, or a malformed address
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise SegclsError(f"cannot join the Ray cluster at {address}: {first}") from None
 
 
 def _run_on_ray(ray, todo, model: Path, family: str, opts, workers, cpus, gpus, retries) -> dict[str, SlideRow]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -26,6 +27,7 @@ EXTRA_OUTPUTS = {
     "summary": ".summary.json",
 }
 AUTO = "-"  # the value of a bare `--overlay`: name it after the mask
+LOCAL_RAY = "local"  # the value of a bare `--ray`: start Ray on this machine
 
 
 def expand_slides(args: tuple[str, ...]) -> tuple[list[Path], bool]:
@@ -170,58 +172,73 @@ def _extra_option(kind: str, what: str):
     help="Tile reader threads; auto: 1 per 8 cores beside a CPU backend, all cores but one beside a GPU.",
 )
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=LOCAL_RAY,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run the slides on Ray, one task per slide; OUT is a folder. Bare: a local Ray instance on this "
+    "machine's cores; 'auto' or ray://host:port: an existing cluster. Needs 'segcls[cluster]'.",
+)
+@click.option("--ray-workers", type=int, help="Ray workers, each holding one model [default: as many as fit].")
+@click.option("--ray-cpus", default=1.0, show_default=True, help="CPUs per slide task (ONNX Runtime threads).")
+@click.option("--ray-gpus", type=float, help="GPUs per slide task [default: 1 if the cluster has GPUs, else 0].")
+@click.option("--ray-retries", default=2, show_default=True, help="Retries of a slide whose Ray worker died.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @handle_errors
-def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, **options) -> None:
+def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, ray_address: str | None, **options) -> None:
     """Segment SLIDE... and write NAME.mask.tif pyramids (+ the optional outputs).
 
-    With one slide OUT is the mask file; with several (or a folder or glob) OUT is a folder.
+    With one slide OUT is the mask file; with several (or a folder or glob, or --ray) OUT is a folder, and
+    a table of the slides done / skipped / failed ends the run, also written as OUT/cohort.csv.
     """
+    from segcls.runtime.cohort import infer_cohort, make_folders, pending_slides, run_slide, slide_options, write_table
     from segcls.runtime.pipeline import InferOptions, infer_slide, open_model, result_line
 
+    ray = {k.removeprefix("ray_"): options.pop(k) for k in ("ray_workers", "ray_cpus", "ray_gpus", "ray_retries")}
     paths, many = expand_slides(slides)
-    if options["truth"] is not None and many:
+    if options["truth"] is not None and (many or ray_address):
         raise click.UsageError("--truth scores one slide: give a single SLIDE")
     extras = {k: options.pop(k) for k in EXTRA_OUTPUTS}
     precision = options.pop("precision")
     opts = InferOptions(progress=not quiet, **options)
-    if many:
-        out.mkdir(parents=True, exist_ok=True)
-        for value in extras.values():
-            if value not in (None, AUTO):
-                Path(value).mkdir(parents=True, exist_ok=True)
-    plans = [(slide, plan_outputs(slide, out, many, extras)) for slide in paths]
-    todo = [(s, o) for s, o in plans if overwrite or not all(p.exists() for p in o.values())]
-    for slide, outputs in plans:
-        if (slide, outputs) not in todo:
-            click.echo(f"{slide.name}: done already ({outputs['mask']}); --overwrite to redo", err=True)
-    if not todo:
+    if ray_address is not None:
+        address = None if ray_address == LOCAL_RAY else ray_address
+        rows = infer_cohort(
+            paths, model, out, dataclasses.replace(opts, **extras), address, overwrite=overwrite,
+            workers=ray["workers"], cpus_per_slide=ray["cpus"], gpus_per_slide=ray["gpus"], retries=ray["retries"],
+        )  # fmt: skip
+        _exit_if_failed(sum(r.status == "failed" for r in rows), sum(r.status != "skipped" for r in rows))
         return
+    if many:
+        make_folders(out, extras)
+    plans = [(slide, plan_outputs(slide, out, many, extras)) for slide in paths]
+    todo, skipped = pending_slides(plans, overwrite)
+    start = time.perf_counter()
+    rows = {row.slide: row for row in skipped}
+    if todo:
+        echo = lambda message: click.echo(message, err=True)  # noqa: E731
+        backend = open_model(model, opts.backend, precision=precision, tile=opts.tile, batch=opts.batch, log=echo)
+        click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
+        try:
+            for slide, outputs in todo:
+                if not many:  # one slide: its error is the command's error
+                    result = infer_slide(slide, backend, outputs["mask"], slide_options(opts, outputs))
+                    click.echo(result_line(result))
+                    continue
+                row, line = run_slide(slide, backend, outputs, opts)
+                rows[row.slide] = row
+                click.echo(line, err=row.status == "failed")
+        finally:
+            backend.close()
+    if many:
+        click.echo(write_table(out, [rows[str(slide)] for slide, _ in plans], time.perf_counter() - start))
+        _exit_if_failed(sum(r.status == "failed" for r in rows.values()), len(todo))
 
-    echo = lambda message: click.echo(message, err=True)  # noqa: E731
-    backend = open_model(model, opts.backend, precision=precision, tile=opts.tile, batch=opts.batch, log=echo)
-    click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
-    failed = []
-    try:
-        for slide, outputs in todo:
-            extra = {k: v for k, v in outputs.items() if k != "mask"}
-            slide_opts = dataclasses.replace(opts, **{**dict.fromkeys(EXTRA_OUTPUTS), **extra})
-            if not many:
-                result = infer_slide(slide, backend, outputs["mask"], slide_opts)
-                click.echo(result_line(result))
-                continue
-            try:
-                result = infer_slide(slide, backend, outputs["mask"], slide_opts)
-            except SegclsError as e:
-                failed.append(slide)
-                click.echo(f"Error: {slide}: {e}", err=True)
-            except Exception as e:  # one broken slide must not stop a batch run; say what broke
-                failed.append(slide)
-                click.echo(f"Error: {slide}: {type(e).__name__}: {e}", err=True)
-            else:
-                click.echo(result_line(result))
-    finally:
-        backend.close()
+
+def _exit_if_failed(failed: int, run: int) -> None:
     if failed:
-        click.echo(f"{len(failed)} of {len(todo)} slides failed.", err=True)
+        click.echo(f"{failed} of {run} slides failed.", err=True)
         sys.exit(1)

@@ -9,6 +9,12 @@ of their label, SEG tiles their majority class as label).
 The number of optimiser steps per epoch is the same for every setting and fraction (set by the size of the
 whole training tile pool), so S / S+C / S+C* differ in the data they see, not in compute. All randomness of an
 epoch derives from (seed, epoch), which is what makes `--resume` continue bit for bit.
+
+Under torchrun (segcls/distributed.py) every rank draws the same global batch and the same augmentation, and
+trains on its 1/N of the SEG and of the CLS tiles (DistributedDataParallel averages the gradients); rank 0
+alone validates and writes files. BatchNorm keeps per-rank batch statistics (SyncBatchNorm runs on GPUs
+only) and each rank's loss is the mean over its share, so N ranks match one process within a tolerance
+(tests/test_ddp.py), not bit for bit.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from segcls import distributed
 from segcls.atomic import atomic_path
 from segcls.checkpoint import load_checkpoint, save_checkpoint
 from segcls.data.augment import augment_batch
@@ -135,24 +142,31 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
         config.validate()
-        self.config, self.progress = config, progress
+        self.ranks = distributed.from_env()
+        if config.batch_size % self.ranks.world_size:
+            n = self.ranks.world_size
+            raise SegclsError(f"batch size {config.batch_size} does not split evenly over {n} torchrun ranks")
+        self.config, self.progress = config, progress and self.ranks.main
+        progress = self.progress
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(config.device)
+        self.device = distributed.device_for(self.ranks, resolve_device(config.device))
+        distributed.init(self.ranks, self.device)
         self.dataset = open_dataset(config.dataset, split_seed=config.split_seed)
         for split in ("train", "val"):
             if not self.dataset.split.get(split):
                 raise SegclsError(f"{config.dataset}: the '{split}' split has no images")
-        self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile, progress=progress)
+        with distributed.main_first(self.ranks):  # one process builds the tile caches, the others read them
+            self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile, progress=progress)
+            self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile, progress=progress)
         if config.task == "seg":
             self.selection: Selection = select_tiles(self.tiles, config.setting, config.seg_fraction, config.seed)
         else:
             self.selection = select_tiles_cls_task(self.tiles, config.setting, config.cls_fraction, config.seed)
         if self.selection.seg.size == 0 and self.selection.cls.size == 0:
             raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
-        # The classification layer is scored on the validation split's CLS tiles every epoch; the reverse
-        # experiment (task "cls") also selects its best epoch by that accuracy.
-        self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile, progress=progress)
+        # The classification layer is scored on the validation split's CLS tiles (val_tiles) every epoch; the
+        # reverse experiment (task "cls") also selects its best epoch by that accuracy.
         self.description = ModelDescription(
             classes=self.dataset.classes,
             colors=self.dataset.colors,
@@ -173,6 +187,16 @@ class Trainer:
         self.epoch, self.best_score, self.log_rows = 0, -1.0, []
         if resume:
             self._resume()
+        self.net = self.model  # what the training steps call: the DDP wrapper under torchrun
+        if self.ranks.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            if self.ranks.main:  # said even with --quiet: the per-rank batch is part of the setup
+                n, kinds = self.ranks.world_size, " of each kind" if config.mode == "two-step" else ""
+                tqdm.write(
+                    f"torchrun: {n} ranks on {self.device.type}; the batch size {config.batch_size} is global: "
+                    f"{config.batch_size // n} tiles{kinds} per rank and step"
+                )
 
     # -- setup -------------------------------------------------------------------------------------
     def _class_weights(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,16 +231,25 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------------
     def _batch(self, idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        order = np.sort(idx)  # memmap-friendly read, then restore the sampled order
-        rank = np.argsort(np.argsort(idx, kind="stable"), kind="stable")
-        images = np.asarray(self.tiles.images[order])[rank]
-        masks = np.asarray(self.tiles.masks[order])[rank]
+        """The augmented global batch `idx`. Under torchrun only this rank's rows hold tiles (the others are
+        blank, never trained on), but every row takes its random draws, so a rank's rows are augmented
+        exactly as one process would augment them."""
+        share = distributed.share(self.ranks)
+        mine = idx[share]
+        order = np.sort(mine)  # memmap-friendly read, then restore the sampled order
+        rank = np.argsort(np.argsort(mine, kind="stable"), kind="stable")
+        images = np.zeros((idx.size, *self.tiles.images.shape[1:]), np.uint8)
+        masks = np.full((idx.size, *self.tiles.masks.shape[1:]), IGNORE_INDEX, np.uint8)
+        images[share] = np.asarray(self.tiles.images[order])[rank]
+        masks[share] = np.asarray(self.tiles.masks[order])[rank]
         x, y = augment_batch(
             torch.from_numpy(images), torch.from_numpy(masks), gen, self.description.mean, self.description.std
         )
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _losses(self, seg_idx: np.ndarray, cls_idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Losses on this rank's share `s` of the global SEG and CLS batches (all of them in one process)."""
+        s = distributed.share(self.ranks)
         zero = torch.zeros((), device=self.device)
         labels = torch.from_numpy(np.asarray(self.tiles.labels[cls_idx], dtype=np.int64)).to(self.device)
         with torch.autocast(self.device.type, enabled=self.use_amp):
@@ -224,29 +257,29 @@ class Trainer:
                 seg_loss = cls_loss = zero
                 if seg_idx.size:
                     x, y = self._batch(seg_idx, gen)
-                    out = self.model(x)
-                    seg_loss = F.cross_entropy(out.logits.float(), y, self.seg_weights, ignore_index=IGNORE_INDEX)
+                    out = self.net(x[s])
+                    seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=IGNORE_INDEX)
                 if cls_idx.size:
                     x, _ = self._batch(cls_idx, gen)
-                    out = self.model(x, full_res=False)
-                    cls_loss = F.cross_entropy(out.class_scores.float(), labels, self.cls_weights)
+                    out = self.net(x[s], full_res=False)
+                    cls_loss = F.cross_entropy(out.class_scores.float(), labels[s], self.cls_weights)
             else:
                 idx = np.concatenate([seg_idx, cls_idx])
                 x, y = self._batch(idx, gen)
                 n_seg = seg_idx.size
                 y[n_seg:] = labels[:, None, None]  # CLS tiles: constant mask of their label
                 seg_tile_labels = _majority(y[:n_seg], self.description.num_classes)
-                out = self.model(x)
-                seg_loss = F.cross_entropy(out.logits.float(), y, self.seg_weights, ignore_index=IGNORE_INDEX)
+                out = self.net(x[s])
+                seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=IGNORE_INDEX)
                 cls_loss = F.cross_entropy(
-                    out.class_scores.float(), torch.cat([seg_tile_labels, labels]), self.cls_weights
+                    out.class_scores.float(), torch.cat([seg_tile_labels, labels])[s], self.cls_weights
                 )
         return seg_loss + cls_loss, seg_loss, cls_loss
 
     def train_epoch(self) -> dict:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, self.epoch])
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # the same on every rank, as is `rng`
         seg = _Cycler(self.selection.seg, rng) if self.selection.seg.size else None
         cls = _Cycler(self.selection.cls, rng) if self.selection.cls.size else None
         # Joint mode shares one batch between the two kinds; two-step gives each its own batch.
@@ -273,7 +306,7 @@ class Trainer:
             tiles += seg_idx.size + cls_idx.size
             bar.set_postfix(loss=f"{loss.item():.3f}", tiles_s=f"{tiles / (time.perf_counter() - start):.1f}")
         seconds = time.perf_counter() - start
-        mean = totals / self.steps_per_epoch
+        mean = distributed.mean(totals, self.ranks, self.device) / self.steps_per_epoch
         return {
             "loss": float(mean[0]),
             "seg_loss": float(mean[1]),
@@ -287,6 +320,9 @@ class Trainer:
         cfg = self.config
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
+            if not self.ranks.main:  # the others go on to the next epoch and wait for rank 0 there
+                self.epoch += 1
+                continue
             val = evaluate_images(self.model, self.dataset, self.dataset.split["val"], self.description, self.device)
             val_acc = classification_accuracy(self.model, self.val_tiles, self.description, self.device)
             self.epoch += 1
@@ -306,7 +342,7 @@ class Trainer:
                     f"micro F1 {val.micro_f1:.4f} cls acc {val_acc or 0:.4f} ({stats['tiles_per_s']:.1f} tiles/s)"
                     f"{' *' if improved else ''}"
                 )
-        return self.finish()
+        return self.finish() if self.ranks.main else {}
 
     def _save(self, name: str) -> None:
         save_checkpoint(
@@ -343,6 +379,7 @@ class Trainer:
             "best_val_score": self.best_score,  # macro F1 (task seg) or cls accuracy (task cls)
             "train_tiles": {"seg": int(self.selection.seg.size), "cls": int(self.selection.cls.size)},
             "tiles_per_s": float(np.mean([r["tiles_per_s"] for r in self.log_rows])) if self.log_rows else None,
+            "world_size": self.ranks.world_size,
             "config": asdict(self.config),
         }
         with atomic_path(self.out_dir / "metrics.json") as tmp:
@@ -358,8 +395,12 @@ def _majority(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train one run into `config.out_dir`; returns the test metrics also written to metrics.json."""
-    return Trainer(config, resume=resume, progress=progress).run()
+    """Train one run into `config.out_dir`; returns the test metrics also written to metrics.json ({} on the
+    ranks other than 0 under torchrun)."""
+    try:
+        return Trainer(config, resume=resume, progress=progress).run()
+    finally:
+        distributed.close()
 
 
 __all__ = ["MODES", "TrainConfig", "Trainer", "class_weights", "train"]

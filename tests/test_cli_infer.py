@@ -67,7 +67,7 @@ def test_several_slides_go_to_a_folder_and_are_skipped_when_done(tmp_path, model
     r = invoke(*args)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "second.mask.tif", "second.summary.json", "small.mask.tif", "small.summary.json",
+        "cohort.csv", "second.mask.tif", "second.summary.json", "small.mask.tif", "small.summary.json",
     ]  # fmt: skip
     r = invoke(*args)
     assert r.exit_code == 0 and r.output.count("done already") == 2
@@ -82,7 +82,7 @@ def test_a_failing_slide_does_not_stop_the_others(tmp_path, model, png_slide):
     r = invoke(bad, png_slide, "-o", out, "--model", model, "--slide-mpp", 2.0, *FAST)
     assert r.exit_code == 1
     assert f"Error: {bad}" in r.output and "1 of 2 slides failed" in r.output
-    assert sorted(p.name for p in out.iterdir()) == ["small.mask.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv", "small.mask.tif"]
 
 
 def test_folder_argument(tmp_path, model, png_slide):

@@ -49,12 +49,18 @@ def training_options(fn: Callable) -> Callable:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def main(dataset: str, out_dir: str, resume: bool, quiet: bool, **options) -> None:
-    """Train on DATASET (segcls folder format) into RUN_DIR: best.pt, last.pt, log.csv, metrics.json."""
+    """Train on DATASET (segcls folder format) into RUN_DIR: best.pt, last.pt, log.csv, metrics.json.
+
+    Under `torchrun --nproc_per_node N segcls-train ...` the N processes share each batch (--batch-size is
+    the global batch) and rank 0 writes the files.
+    """
     require_extra("train", "torch")
     from segcls.train import TrainConfig, train
 
     start = time.perf_counter()
     metrics = train(TrainConfig(dataset=dataset, out_dir=out_dir, **options), resume=resume, progress=not quiet)
+    if not metrics:  # a torchrun rank other than 0: rank 0 reports
+        return
     acc = metrics["cls_accuracy"]
     acc_text = "n/a" if acc is None else f"{acc:.4f}"
     click.echo(

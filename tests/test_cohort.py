@@ -1,0 +1,184 @@
+"""Cohorts on Ray (a local instance, 2 CPUs): same masks as the local run, failures, reruns, killed workers."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from _runtime_models import exported_onnx, tissue_image
+from click.testing import CliRunner
+from PIL import Image
+
+from segcls.runtime.cli import main
+from segcls.runtime.cohort import CRASH_FILE_ENV, infer_cohort
+from segcls.runtime.pipeline import InferOptions
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+FAST = ["--tile", "128", "--overlap", "16", "--batch", "1", "--slide-mpp", "2.0", "-q"]
+OPTIONS = InferOptions(tile=128, overlap=16, batch=1, slide_mpp=2.0, progress=False)
+NAMES = ("a", "b", "c")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def pixels(path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tif:
+        return [page.asarray() for page in tif.pages]
+
+
+def same_mask(a, b) -> bool:
+    pa, pb = pixels(a), pixels(b)
+    return len(pa) == len(pb) and all(np.array_equal(x, y) for x, y in zip(pa, pb, strict=True))
+
+
+def table(out) -> dict[str, dict]:
+    with open(out / "cohort.csv", newline="") as f:
+        return {row["slide"].rsplit("/", 1)[-1]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return exported_onnx(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slides")
+    paths = []
+    for seed, name in enumerate(NAMES):
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(tissue_image(256, 384, seed=seed)).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, model, slides):
+    """The reference: the same slides through the local (no Ray) multi-slide run."""
+    out = tmp_path_factory.mktemp("local")
+    r = invoke(*slides, "-o", out, "--model", model, *FAST)
+    assert r.exit_code == 0, r.output
+    assert {name: row["status"] for name, row in table(out).items()} == dict.fromkeys(
+        (f"{n}.png" for n in NAMES), "done"
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def crash_file(tmp_path_factory):
+    """A local Ray instance for the module; creating the returned file arms the crash hook in the workers."""
+    ray = pytest.importorskip("ray")
+    armed = tmp_path_factory.mktemp("crash") / "armed"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {CRASH_FILE_ENV: str(armed)}},
+    )
+    yield armed
+    ray.shutdown()
+
+
+@needs_ray
+def test_masks_identical_to_the_local_run(tmp_path, model, slides, local, crash_file):
+    rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS)
+    assert [r.status for r in rows] == ["done"] * len(slides)
+    for slide in slides:
+        assert same_mask(tmp_path / "out" / f"{slide.stem}.mask.tif", local / f"{slide.stem}.mask.tif")
+    assert {row["status"] for row in table(tmp_path / "out").values()} == {"done"}
+    assert all(int(r.tiles) > 0 and r.tiles_per_s > 0 for r in rows)
+    # two workers (num_cpus=2, 1 CPU each) for three slides: a worker process ran more than one slide
+    assert len({r.worker for r in rows}) <= 2
+
+
+@needs_ray
+def test_a_broken_slide_is_reported_and_the_others_go_on(tmp_path, model, slides, local, crash_file):
+    bad = tmp_path / "broken.svs"
+    bad.write_text("not a slide")
+    out = tmp_path / "out"
+    r = invoke(slides[0], bad, slides[1], "-o", out, "--model", model, *FAST, "--ray")
+    assert r.exit_code == 1, r.output
+    assert f"Error: {bad}" in r.output and "1 of 3 slides failed" in r.output
+    assert "Traceback" not in r.output
+    rows = table(out)
+    assert rows["broken.svs"]["status"] == "failed" and "broken.svs" in rows["broken.svs"]["error"]
+    assert rows["a.png"]["status"] == rows["b.png"]["status"] == "done"
+    assert sorted(p.name for p in out.iterdir()) == ["a.mask.tif", "b.mask.tif", "cohort.csv"]
+    assert same_mask(out / "b.mask.tif", local / "b.mask.tif")
+    assert "2 done, 0 skipped, 1 failed" in r.output
+
+
+@needs_ray
+def test_a_rerun_skips_finished_slides(tmp_path, model, slides, crash_file):
+    out = tmp_path / "out"
+    args = [*slides[:2], "-o", out, "--model", model, *FAST, "--summary", "--ray"]
+    assert invoke(*args).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "cohort.csv"}
+    (out / "b.summary.json").unlink()  # b is unfinished: one of its outputs is missing
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("done already") == 1 and "a.png: done already" in r.output
+    assert (out / "a.mask.tif").stat().st_mtime_ns == before["a.mask.tif"]
+    assert (out / "b.summary.json").is_file()
+    assert {k: v["status"] for k, v in table(out).items()} == {"a.png": "skipped", "b.png": "done"}
+    r = invoke(*args[:-1], "--overwrite", "--ray")
+    assert r.exit_code == 0 and "2 done, 0 skipped" in r.output
+
+
+@needs_ray
+def test_a_worker_killed_mid_slide_leaves_no_mask_and_its_retry_the_same_one(
+    tmp_path, model, slides, local, crash_file
+):
+    out = tmp_path / "out"
+    opts = InferOptions(**{**OPTIONS.__dict__, "probs": "-"})
+    crash_file.touch()  # no retries: the slide fails, and nothing of it is left but a temporary file
+    rows = infer_cohort(slides[:1], model, out, opts, retries=0)
+    assert not crash_file.exists(), "the worker did not reach the crash hook"
+    assert rows[0].status == "failed" and "Ray worker failed 1 times" in rows[0].error
+    assert not (out / "a.mask.tif").exists() and not (out / "a.probs.npy").exists()
+
+    crash_file.touch()  # one retry: the restarted worker redoes the slide
+    rows = infer_cohort(slides[:1], model, out, opts, retries=1)
+    assert not crash_file.exists()
+    assert rows[0].status == "done"
+    assert same_mask(out / "a.mask.tif", local / "a.mask.tif")
+    assert sorted(p.name for p in out.iterdir()) == ["a.mask.tif", "a.probs.npy", "cohort.csv"]  # no .partial
+
+
+def test_ray_missing_is_one_error_line(tmp_path, model, slides, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    r = invoke(*slides[:2], "-o", tmp_path / "out", "--model", model, *FAST, "--ray")
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1] == (
+        "Error: --ray needs Ray, which is not installed: pip install 'segcls[cluster]'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@needs_ray
+def test_a_tensorrt_engine_on_a_cluster_without_gpus_is_an_error(tmp_path, slides, crash_file):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not needed: refused before any worker starts")
+    r = invoke(*slides[:1], "-o", tmp_path / "out", "--model", engine, *FAST, "--ray")
+    assert r.exit_code == 2 and "TensorRT engine, but the Ray cluster has no GPU" in r.output, r.output
+    assert not list((tmp_path / "out").glob("*.mask.tif"))
+
+
+@needs_ray
+def test_no_cluster_at_the_address_is_one_error_line(tmp_path, model, slides):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    infer = Path(sys.executable).parent / "segcls-infer"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path)  # where "auto" looks for a running instance: not this module's own
+    cmd = [str(infer), str(slides[0]), "-o", str(tmp_path / "out"), "--model", str(model), *FAST, "--ray", "auto"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Error: cannot join the Ray cluster at auto" in r.stderr and "Traceback" not in r.stderr

@@ -33,7 +33,7 @@ from segcls.data.folder import open_dataset
 from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS, Selection, select_tiles, select_tiles_cls_task
 from segcls.description import ModelDescription
 from segcls.errors import CheckpointError, SegclsError
-from segcls.evaluate import classification_accuracy, evaluate_images
+from segcls.evaluate import classification_accuracy, evaluate_images, evaluate_pairs, load_pairs
 from segcls.metrics import IGNORE_INDEX
 from segcls.model import SegClsNet, build_model
 
@@ -153,6 +153,7 @@ class Trainer:
         # The classification layer is scored on the validation split's CLS tiles every epoch; the reverse
         # experiment (task "cls") also selects its best epoch by that accuracy.
         self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile, progress=progress)
+        self.val_pairs = load_pairs(self.dataset, self.dataset.split["val"])  # decoded once, scored every epoch
         self.description = ModelDescription(
             classes=self.dataset.classes,
             colors=self.dataset.colors,
@@ -287,7 +288,7 @@ class Trainer:
         cfg = self.config
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
-            val = evaluate_images(self.model, self.dataset, self.dataset.split["val"], self.description, self.device)
+            val = evaluate_pairs(self.model, self.val_pairs, self.description, self.device)
             val_acc = classification_accuracy(self.model, self.val_tiles, self.description, self.device)
             self.epoch += 1
             row = {**stats, "epoch": self.epoch, "steps": self.epoch * self.steps_per_epoch}

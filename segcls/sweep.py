@@ -38,7 +38,9 @@ RESULT_FIELDS = (
     "cls_accuracy",
     "seg_tiles",
     "cls_tiles",
+    "val_f1_last3_change",
 )
+FLAT = 0.01  # a run has converged when its last 3 validation macro F1 lie within 1 point
 
 
 @dataclass
@@ -52,6 +54,7 @@ class SweepConfig:
     train_options: dict = field(default_factory=dict)  # TrainConfig fields shared by every run
     jobs: int = 1  # runs trained side by side
     threads: int | None = None  # torch threads per run (None: torch's default)
+    train: bool = True  # False: only report the runs already finished (a sweep stopped early)
 
 
 def run_dir(out_dir: Path, task: str, setting: str, fraction: float, seed: int) -> Path:
@@ -79,7 +82,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     todo: dict[Path, TrainConfig] = {}
     for fraction, seed, setting in _run_order(config):
         directory = run_dir(out, config.task, setting, fraction, seed)
-        if directory in todo or (directory / "metrics.json").is_file():
+        if not config.train or directory in todo or (directory / "metrics.json").is_file():
             continue
         varied = {"seg_fraction": fraction} if config.task == "seg" else {"cls_fraction": fraction}
         todo[directory] = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
@@ -158,9 +161,19 @@ def collect_results(
                         "cls_accuracy": m.get("cls_accuracy"),
                         "seg_tiles": m["train_tiles"]["seg"],
                         "cls_tiles": m["train_tiles"]["cls"],
+                        "val_f1_last3_change": last3_change(path.parent / "log.csv"),
                     }
                 )
     return rows
+
+
+def last3_change(log: Path) -> float | None:
+    """max - min of the validation macro F1 of a run's last 3 epochs (None with fewer than 3)."""
+    if not log.is_file():
+        return None
+    with open(log, newline="") as f:
+        values = [float(r["val_macro_f1"]) for r in csv.DictReader(f)][-3:]
+    return max(values) - min(values) if len(values) == 3 else None
 
 
 def aggregate(rows: list[dict], metric: str) -> dict[tuple[str, float], tuple[float, float, int]]:
@@ -199,7 +212,24 @@ def summary_markdown(rows: list[dict]) -> str:
         lines.append("")
     if task == "seg":
         lines += _claim_lines(aggregate(rows, "macro_f1"), fractions)
+    lines += _convergence_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def _convergence_lines(rows: list[dict]) -> list[str]:
+    """Which runs at fraction 100% were still learning: validation macro F1 moved >= 1 point over the last 3."""
+    runs = [r for r in rows if float(r["fraction"]) == 1.0 and r.get("val_f1_last3_change") not in (None, "")]
+    if not runs:
+        return []
+    lines = [
+        f"## Convergence at 100% (validation macro F1, max - min over the last 3 validations; flat: < {100 * FLAT:g})",
+        "",
+    ]
+    for r in runs:
+        change = float(r["val_f1_last3_change"])
+        verdict = "flat" if change < FLAT else "still moving"
+        lines.append(f"- {r['setting']} seed {r['seed']}: {100 * change:.1f} points ({verdict})")
+    return [*lines, ""]
 
 
 def _metrics(task: str) -> tuple[str, ...]:

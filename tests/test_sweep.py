@@ -126,3 +126,24 @@ def test_sweep_order_resume_and_the_shared_zero_run(tmp_path, monkeypatch):
     assert [c for c in calls if c[:2] == ("S+C*", 0.0)] == []  # S+C at 0 is the same run
     assert len(calls) == 10 and len(rows) == 12
     assert {r["setting"] for r in rows if r["fraction"] == 0.0} == {"S", "S+C", "S+C*"}
+
+
+def test_convergence_column_and_report_only(tmp_path, monkeypatch):
+    import segcls.sweep
+
+    out = tmp_path / "o"
+    for seed, curve in enumerate([(0.2, 0.50, 0.505, 0.508), (0.2, 0.4, 0.5, 0.6)]):
+        run = segcls.sweep.run_dir(out, "seg", "S", 1.0, seed)
+        run.mkdir(parents=True)
+        metrics = {"macro_f1": 0.5, "micro_f1": 0.5, "cls_accuracy": None, "train_tiles": {"seg": 9, "cls": 0}}
+        (run / "metrics.json").write_text(segcls.sweep.json.dumps(metrics))
+        log = "epoch,val_macro_f1\n" + "".join(f"{i + 1},{v}\n" for i, v in enumerate(curve))
+        (run / "log.csv").write_text(log)
+    monkeypatch.setattr(segcls.train, "train", lambda *a, **k: pytest.fail("--report must not train"))
+    args = [str(tmp_path), "-o", str(out), "--settings", "S", "--fractions", "0,1", "--seeds", "2", "--report", "-q"]
+    result = CliRunner().invoke(sweep_main, args)  # s = 0 is missing: reported without it
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert [round(float(r["val_f1_last3_change"]), 3) for r in rows] == [0.008, 0.2]
+    summary = (out / "summary.md").read_text()
+    assert "S seed 0: 0.8 points (flat)" in summary and "S seed 1: 20.0 points (still moving)" in summary

@@ -51,6 +51,7 @@ def _settings(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Runs trained side by side. Default 1.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads per run. Default: torch's.")
 @training_options
+@click.option("--report", is_flag=True, help="Train nothing: write the outputs from the runs finished so far.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
 def main(
@@ -64,6 +65,7 @@ def main(
     full: bool,
     jobs: int | None,
     threads: int | None,
+    report: bool,
     quiet: bool,
     **train_options,
 ) -> None:
@@ -90,6 +92,7 @@ def main(
         train_options=train_options,
         jobs=jobs or preset.get("jobs", 1),
         threads=threads or preset.get("threads"),
+        train=not report,
     )
     start = time.perf_counter()
     rows = run_sweep(config, progress=not quiet)

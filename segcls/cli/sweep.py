@@ -13,7 +13,7 @@ from segcls.cli.train import training_options
 QUICK = {"seeds": 2, "epochs": 4, "steps_per_epoch": 10, "batch_size": 32}
 # --full: long enough that S converges at s = 100 % on the synthetic dataset of docs/sweep/README.md,
 # at 64-px tiles so that it fits a shared 2-core CPU (one-thread runs, two side by side).
-FULL = {"seeds": 2, "epochs": 6, "steps_per_epoch": 50, "batch_size": 16, "tile": 64, "jobs": 2, "threads": 1}
+FULL = {"seeds": 2, "epochs": 8, "steps_per_epoch": 50, "batch_size": 16, "tile": 64, "jobs": 2, "threads": 1}
 
 
 def _floats(text: str) -> tuple[float, ...]:

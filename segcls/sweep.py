@@ -1,6 +1,7 @@
 """The paper's experiment grid: every setting x segmentation fraction x seed, one training run each.
 
-Resumable: a run with metrics.json is done and skipped; a run with last.pt is resumed. The summary reports
+Resumable: a run with metrics.json is done and skipped; a run with last.pt is resumed, and so is a finished
+run when the sweep asks for more epochs than it had (a sweep is lengthened in place). The summary reports
 mean +- std over seeds, also normalised to S at s = 100% as the paper's figures do.
 
 `jobs` > 1 trains that many runs side by side in worker processes, each with `threads` torch threads: on
@@ -82,7 +83,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     todo: dict[Path, TrainConfig] = {}
     for fraction, seed, setting in _run_order(config):
         directory = run_dir(out, config.task, setting, fraction, seed)
-        if not config.train or directory in todo or (directory / "metrics.json").is_file():
+        if not config.train or directory in todo or _done(directory, base.epochs):
             continue
         varied = {"seg_fraction": fraction} if config.task == "seg" else {"cls_fraction": fraction}
         todo[directory] = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
@@ -123,6 +124,12 @@ def _run_order(config: SweepConfig) -> list[tuple[float, int, str]]:
     comparisons rather than one setting's curve."""
     fractions = sorted(config.fractions, key=lambda f: (f != 1.0, f))
     return [(f, seed, s) for f in fractions for seed in range(config.seeds) for s in config.settings]
+
+
+def _done(directory: Path, epochs: int) -> bool:
+    """metrics.json is there and was written after at least `epochs` epochs."""
+    path = directory / "metrics.json"
+    return path.is_file() and int(json.loads(path.read_text()).get("config", {}).get("epochs", epochs)) >= epochs
 
 
 def _set_threads(threads: int | None) -> None:

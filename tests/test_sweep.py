@@ -147,3 +147,25 @@ def test_convergence_column_and_report_only(tmp_path, monkeypatch):
     assert [round(float(r["val_f1_last3_change"]), 3) for r in rows] == [0.008, 0.2]
     summary = (out / "summary.md").read_text()
     assert "S seed 0: 0.8 points (flat)" in summary and "S seed 1: 20.0 points (still moving)" in summary
+
+
+def test_more_epochs_resume_finished_runs(tmp_path, monkeypatch):
+    import segcls.sweep
+
+    calls = []
+    monkeypatch.setattr(segcls.train, "train", lambda run, resume=False, progress=True: calls.append(resume))
+    run = segcls.sweep.run_dir(tmp_path / "o", "seg", "S", 1.0, 0)
+    run.mkdir(parents=True)
+    metrics = {"macro_f1": 0.5, "micro_f1": 0.5, "train_tiles": {"seg": 1, "cls": 0}, "config": {"epochs": 4}}
+    (run / "metrics.json").write_text(segcls.sweep.json.dumps(metrics))
+    (run / "last.pt").write_bytes(b"")
+
+    def sweep(epochs):
+        config = segcls.sweep.SweepConfig(str(tmp_path), str(tmp_path / "o"), ("S",), (1.0,), 1)
+        config.train_options = {"epochs": epochs}
+        segcls.sweep.run_sweep(config, progress=False)
+
+    sweep(4)
+    assert calls == []  # as long as asked: done
+    sweep(8)
+    assert calls == [True]  # longer: continued from last.pt

@@ -3,6 +3,7 @@ accuracy on classification tiles."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,28 @@ def predict_labels(
     return labels[0, 0, :h, :w].cpu().numpy()
 
 
+def load_pairs(dataset: DatasetFolder, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decoded (image, mask) of the named images, so that a training run that validates every epoch
+    decodes its validation images once (they stay in memory: 4 bytes per pixel)."""
+    return [load_pair(dataset, name) for name in names]
+
+
+def evaluate_pairs(
+    model: SegClsNet,
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    description: ModelDescription,
+    device: torch.device,
+) -> Scores:
+    """Pixel scores pooled over all labelled pixels of the (image, mask) pairs."""
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(description.num_classes)
+    for image, mask in pairs:
+        cm.update(mask, predict_labels(model, image, description, device))
+    model.train(was_training)
+    return cm.scores()
+
+
 def evaluate_images(
     model: SegClsNet,
     dataset: DatasetFolder,
@@ -43,15 +66,8 @@ def evaluate_images(
     description: ModelDescription,
     device: torch.device,
 ) -> Scores:
-    """Pixel scores pooled over all labelled pixels of the named images."""
-    was_training = model.training
-    model.eval()
-    cm = ConfusionMatrix(description.num_classes)
-    for name in names:
-        image, mask = load_pair(dataset, name)
-        cm.update(mask, predict_labels(model, image, description, device))
-    model.train(was_training)
-    return cm.scores()
+    """Pixel scores pooled over all labelled pixels of the named images, decoded one at a time."""
+    return evaluate_pairs(model, (load_pair(dataset, name) for name in names), description, device)
 
 
 @torch.inference_mode()

@@ -1,7 +1,12 @@
 """The paper's experiment grid: every setting x segmentation fraction x seed, one training run each.
 
-Resumable: a run with metrics.json is done and skipped; a run with last.pt is resumed. The summary reports
+Resumable: a run with metrics.json is done and skipped; a run with last.pt is resumed, and so is a finished
+run when the sweep asks for more epochs than it had (a sweep is lengthened in place). The summary reports
 mean +- std over seeds, also normalised to S at s = 100% as the paper's figures do.
+
+`jobs` > 1 trains that many runs side by side in worker processes, each with `threads` torch threads: on
+a small CPU whose cores are shared, one-thread runs side by side waste less time in OpenMP spin-waits than
+one two-thread run (docs/sweep/README.md has the measurement).
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from segcls.errors import SegclsError
 
 PAPER_FRACTIONS = (0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 QUICK_FRACTIONS = (0.0, 0.05, 0.1, 1.0)
+FULL_FRACTIONS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+# At fraction 0 these settings select the same tiles as S+C (its complement is everything), so with the
+# same seed they are the same run: it is trained once and reported under both names.
+SAME_AT_ZERO = {("seg", "S+C*"): "S+C", ("cls", "S*+C"): "S+C"}
 RESULT_FIELDS = (
     "task",
     "setting",
@@ -30,7 +39,9 @@ RESULT_FIELDS = (
     "cls_accuracy",
     "seg_tiles",
     "cls_tiles",
+    "val_f1_last3_change",
 )
+FLAT = 0.01  # a run has converged when its last 3 validation macro F1 lie within 1 point
 
 
 @dataclass
@@ -42,9 +53,14 @@ class SweepConfig:
     seeds: int = 5
     task: str = "seg"  # "seg": vary s over S / S+C / S+C*; "cls": vary c over C / S+C / S*+C
     train_options: dict = field(default_factory=dict)  # TrainConfig fields shared by every run
+    jobs: int = 1  # runs trained side by side
+    threads: int | None = None  # torch threads per run (None: torch's default)
+    train: bool = True  # False: only report the runs already finished (a sweep stopped early)
 
 
 def run_dir(out_dir: Path, task: str, setting: str, fraction: float, seed: int) -> Path:
+    if fraction == 0:
+        setting = SAME_AT_ZERO.get((task, setting), setting)
     slug = setting.replace("*", "star")
     letter = "s" if task == "seg" else "c"
     return out_dir / "runs" / f"{'' if task == 'seg' else 'cls-'}{slug}_{letter}{fraction:g}_seed{seed}"
@@ -54,24 +70,80 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     """Train every missing run, then write results.csv, summary.md and f1_vs_fraction.png."""
     from tqdm import tqdm
 
-    from segcls.train import TrainConfig, train
+    from segcls.train import TrainConfig
 
     if config.seeds < 1:
         raise SegclsError(f"seeds must be >= 1, got {config.seeds}")
+    if config.jobs < 1:
+        raise SegclsError(f"jobs must be >= 1, got {config.jobs}")
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    grid = [(s, f, seed) for s in config.settings for f in config.fractions for seed in range(config.seeds)]
     base = TrainConfig(dataset=config.dataset, out_dir="", **config.train_options)
-    for setting, fraction, seed in tqdm(grid, desc="sweep", disable=not progress):
+    base.validate()  # bad options fail here, not in a worker
+    todo: dict[Path, TrainConfig] = {}
+    for fraction, seed, setting in _run_order(config):
         directory = run_dir(out, config.task, setting, fraction, seed)
-        if (directory / "metrics.json").is_file():
+        if not config.train or directory in todo or _done(directory, base.epochs):
             continue
         varied = {"seg_fraction": fraction} if config.task == "seg" else {"cls_fraction": fraction}
-        run = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
-        train(run, resume=(directory / "last.pt").is_file(), progress=False)
-    rows = collect_results(out, config.task, config.settings, config.fractions, config.seeds)
-    write_results(out, rows)
+        todo[directory] = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
+
+    def finished() -> list[dict]:  # results so far, rewritten after every run: a stopped sweep still has them
+        rows = collect_results(out, config.task, config.settings, config.fractions, config.seeds)
+        if rows:
+            write_results(out, rows)
+        return rows
+
+    bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
+    if config.jobs == 1 or len(todo) < 2:
+        _set_threads(config.threads)
+        for run in todo.values():
+            _train_one(run)
+            finished()
+            bar.update()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(config.jobs, context, initializer=_set_threads, initargs=(config.threads,)) as pool:
+            for job in as_completed([pool.submit(_train_one, run) for run in todo.values()]):
+                job.result()
+                finished()
+                bar.update()
+    bar.close()
+    rows = finished()
+    if not rows:
+        raise SegclsError(f"no finished runs under {out / 'runs'}")
     return rows
+
+
+def _run_order(config: SweepConfig) -> list[tuple[float, int, str]]:
+    """(fraction, seed, setting), the two ends of the curve first: s = 100 % (where the settings should
+    meet), then from the smallest s up, each fraction seed by seed, so a sweep stopped early has whole
+    comparisons rather than one setting's curve."""
+    fractions = sorted(config.fractions, key=lambda f: (f != 1.0, f))
+    return [(f, seed, s) for f in fractions for seed in range(config.seeds) for s in config.settings]
+
+
+def _done(directory: Path, epochs: int) -> bool:
+    """metrics.json is there and was written after at least `epochs` epochs."""
+    path = directory / "metrics.json"
+    return path.is_file() and int(json.loads(path.read_text()).get("config", {}).get("epochs", epochs)) >= epochs
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _train_one(run) -> None:
+    """One run, resumed from its last.pt when there is one (module level: a worker process calls it)."""
+    from segcls.train import train
+
+    train(run, resume=(Path(run.out_dir) / "last.pt").is_file(), progress=False)
 
 
 def collect_results(
@@ -96,9 +168,19 @@ def collect_results(
                         "cls_accuracy": m.get("cls_accuracy"),
                         "seg_tiles": m["train_tiles"]["seg"],
                         "cls_tiles": m["train_tiles"]["cls"],
+                        "val_f1_last3_change": last3_change(path.parent / "log.csv"),
                     }
                 )
     return rows
+
+
+def last3_change(log: Path) -> float | None:
+    """max - min of the validation macro F1 of a run's last 3 epochs (None with fewer than 3)."""
+    if not log.is_file():
+        return None
+    with open(log, newline="") as f:
+        values = [float(r["val_macro_f1"]) for r in csv.DictReader(f)][-3:]
+    return max(values) - min(values) if len(values) == 3 else None
 
 
 def aggregate(rows: list[dict], metric: str) -> dict[tuple[str, float], tuple[float, float, int]]:
@@ -137,7 +219,24 @@ def summary_markdown(rows: list[dict]) -> str:
         lines.append("")
     if task == "seg":
         lines += _claim_lines(aggregate(rows, "macro_f1"), fractions)
+    lines += _convergence_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def _convergence_lines(rows: list[dict]) -> list[str]:
+    """Which runs at fraction 100% were still learning: validation macro F1 moved >= 1 point over the last 3."""
+    runs = [r for r in rows if float(r["fraction"]) == 1.0 and r.get("val_f1_last3_change") not in (None, "")]
+    if not runs:
+        return []
+    lines = [
+        f"## Convergence at 100% (validation macro F1, max - min over the last 3 validations; flat: < {100 * FLAT:g})",
+        "",
+    ]
+    for r in runs:
+        change = float(r["val_f1_last3_change"])
+        verdict = "flat" if change < FLAT else "still moving"
+        lines.append(f"- {r['setting']} seed {r['seed']}: {100 * change:.1f} points ({verdict})")
+    return [*lines, ""]
 
 
 def _metrics(task: str) -> tuple[str, ...]:

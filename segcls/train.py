@@ -40,7 +40,7 @@ from segcls.data.folder import open_dataset
 from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS, Selection, select_tiles, select_tiles_cls_task
 from segcls.description import ModelDescription
 from segcls.errors import CheckpointError, SegclsError
-from segcls.evaluate import classification_accuracy, evaluate_images
+from segcls.evaluate import classification_accuracy, evaluate_images, evaluate_pairs, load_pairs
 from segcls.metrics import IGNORE_INDEX
 from segcls.model import SegClsNet, build_model
 
@@ -166,7 +166,9 @@ class Trainer:
         if self.selection.seg.size == 0 and self.selection.cls.size == 0:
             raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
         # The classification layer is scored on the validation split's CLS tiles (val_tiles) every epoch; the
-        # reverse experiment (task "cls") also selects its best epoch by that accuracy.
+        # reverse experiment (task "cls") also selects its best epoch by that accuracy. Validation images are
+        # decoded once here and scored every epoch, by rank 0 alone.
+        self.val_pairs = load_pairs(self.dataset, self.dataset.split["val"]) if self.ranks.main else []
         self.description = ModelDescription(
             classes=self.dataset.classes,
             colors=self.dataset.colors,
@@ -323,7 +325,7 @@ class Trainer:
             if not self.ranks.main:  # the others go on to the next epoch and wait for rank 0 there
                 self.epoch += 1
                 continue
-            val = evaluate_images(self.model, self.dataset, self.dataset.split["val"], self.description, self.device)
+            val = evaluate_pairs(self.model, self.val_pairs, self.description, self.device)
             val_acc = classification_accuracy(self.model, self.val_tiles, self.description, self.device)
             self.epoch += 1
             row = {**stats, "epoch": self.epoch, "steps": self.epoch * self.steps_per_epoch}

@@ -80,7 +80,11 @@ def test_refuses_non_empty_output(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"size": 100}, {"size": 0}, {"images": 0}, {"labeled": -1}, {"mpp": 0.0}, {"labeled_size": 8}]
+    "kwargs",
+    [
+        *({"size": 100}, {"size": 0}, {"images": 0}, {"labeled": -1}, {"mpp": 0.0}, {"labeled_size": 8}),
+        *({"images": 4, "holdout": 2}, {"holdout": 0}),
+    ],
 )
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(SegclsError):
@@ -112,3 +116,14 @@ def test_single_class_images():
         assert (labels == k).all()
         assert rgb.shape == (64, 64, 3)
         assert rgb.mean() < 235  # stained tissue, not glass
+
+
+def test_holdout_writes_a_split_the_folder_reader_uses(tmp_path):
+    from segcls.data.folder import open_dataset
+
+    out = make_dataset(tmp_path / "ds", images=5, size=64, labeled=0, holdout=1, seed=2, progress=False)
+    split = open_dataset(out).split
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (3, 1, 1)
+    assert sorted(split["train"] + split["val"] + split["test"]) == [f"img_{i:03d}" for i in range(5)]
+    again = make_dataset(tmp_path / "again", images=5, size=64, labeled=0, holdout=1, seed=2, progress=False)
+    assert (again / "split.json").read_text() == (out / "split.json").read_text()

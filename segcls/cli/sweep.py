@@ -11,6 +11,9 @@ from segcls.cli.train import training_options
 
 # --quick: the synthetic sweep in well under 30 minutes on 2 CPU cores.
 QUICK = {"seeds": 2, "epochs": 4, "steps_per_epoch": 10, "batch_size": 32}
+# --full: long enough that S converges at s = 100 % on the synthetic dataset of docs/sweep/README.md,
+# at 64-px tiles so that it fits a shared 2-core CPU (one-thread runs, two side by side).
+FULL = {"seeds": 2, "epochs": 8, "steps_per_epoch": 50, "batch_size": 16, "tile": 64, "jobs": 2, "threads": 1}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -44,7 +47,11 @@ def _settings(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--fractions", default=None, help="Comma-separated s (or c) in [0, 1]. Default: the paper's 14.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per (setting, fraction). Default 5.")
 @click.option("--quick", is_flag=True, help=f"Preset for CPU: s in 0,5,10,100 %, {QUICK}.")
+@click.option("--full", is_flag=True, help=f"Preset for S to converge: s in 0,1,5,10,25,50,100 %, {FULL}.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Runs trained side by side. Default 1.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads per run. Default: torch's.")
 @training_options
+@click.option("--report", is_flag=True, help="Train nothing: write the outputs from the runs finished so far.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
 def main(
@@ -55,6 +62,10 @@ def main(
     fractions: str | None,
     seeds: int | None,
     quick: bool,
+    full: bool,
+    jobs: int | None,
+    threads: int | None,
+    report: bool,
     quiet: bool,
     **train_options,
 ) -> None:
@@ -62,22 +73,27 @@ def main(
     results.csv, summary.md and f1_vs_fraction.png into OUT_DIR."""
     require_extra("train", "torch", "matplotlib")
     from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS
-    from segcls.sweep import PAPER_FRACTIONS, QUICK_FRACTIONS, SweepConfig, run_sweep
+    from segcls.sweep import FULL_FRACTIONS, PAPER_FRACTIONS, QUICK_FRACTIONS, SweepConfig, run_sweep
 
+    if quick and full:
+        raise click.UsageError("--quick and --full are two presets: choose one")
+    preset, preset_fractions = (QUICK, QUICK_FRACTIONS) if quick else (FULL, FULL_FRACTIONS) if full else ({}, None)
     ctx = click.get_current_context()
-    if quick:  # the preset fills what the user did not set explicitly
-        for key, value in QUICK.items():
-            if key in train_options and ctx.get_parameter_source(key).name == "DEFAULT":
-                train_options[key] = value
+    for key, value in preset.items():  # the preset fills what the user did not set explicitly
+        if key in train_options and ctx.get_parameter_source(key).name == "DEFAULT":
+            train_options[key] = value
     allowed = SETTINGS if task == "seg" else CLS_TASK_SETTINGS
     config = SweepConfig(
         dataset=dataset,
         out_dir=out_dir,
         task=task,
         settings=_settings(settings, allowed) if settings else allowed,
-        fractions=_floats(fractions) if fractions else (QUICK_FRACTIONS if quick else PAPER_FRACTIONS),
-        seeds=seeds or (QUICK["seeds"] if quick else 5),
+        fractions=_floats(fractions) if fractions else (preset_fractions or PAPER_FRACTIONS),
+        seeds=seeds or preset.get("seeds", 5),
         train_options=train_options,
+        jobs=jobs or preset.get("jobs", 1),
+        threads=threads or preset.get("threads"),
+        train=not report,
     )
     start = time.perf_counter()
     rows = run_sweep(config, progress=not quiet)

@@ -23,17 +23,28 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--labeled", default=16, show_default=True, help="Image-level-labelled images per class.")
 @click.option("--labeled-size", default=256, show_default=True, help="Their side, px.")
+@click.option("--holdout", type=int, help="Write a split.json with this many val and test images each.")
 @click.option("--tile", default=128, show_default=True, help="Tile size for the seg/cls tile count.")
 @handle_errors
 def dataset(
-    out: Path, images: int, size: int, mpp: float, seed: int, labeled: int, labeled_size: int, tile: int
+    out: Path,
+    images: int,
+    size: int,
+    mpp: float,
+    seed: int,
+    labeled: int,
+    labeled_size: int,
+    holdout: int | None,
+    tile: int,
 ) -> None:
     """Write a dataset folder OUT (dataset.json, images/, masks/, labeled/CLASS/)."""
     from segcls.synth.appearance import CLASSES
     from segcls.synth.dataset import dataset_tile_kinds, make_dataset
 
     start = time.perf_counter()
-    make_dataset(out, images=images, size=size, mpp=mpp, seed=seed, labeled=labeled, labeled_size=labeled_size)
+    make_dataset(
+        out, images=images, size=size, mpp=mpp, seed=seed, labeled=labeled, labeled_size=labeled_size, holdout=holdout
+    )
     seg, cls = dataset_tile_kinds(out, tile)
     click.echo(
         f"Wrote {out}: {images} images of {size} px and {len(CLASSES) * labeled} labeled images at {mpp} um/px; "

@@ -32,9 +32,11 @@ def tile_kinds(mask: np.ndarray, tile: int = 128) -> tuple[int, int]:
     return int((kinds == SEG).sum()), int((kinds == CLS).sum())
 
 
-def _check(images: int, size: int, mpp: float, labeled: int, labeled_size: int) -> None:
+def _check(images: int, size: int, mpp: float, labeled: int, labeled_size: int, holdout: int | None) -> None:
     if images < 1:
         raise SegclsError(f"--images must be >= 1, got {images}")
+    if holdout is not None and not (holdout >= 1 and 2 * holdout < images):
+        raise SegclsError(f"--holdout must be >= 1 and leave training images ({images} in all), got {holdout}")
     if labeled < 0:
         raise SegclsError(f"--labeled must be >= 0, got {labeled}")
     for name, value in (("--size", size), ("--labeled-size", labeled_size)):
@@ -73,15 +75,18 @@ def make_dataset(
     seed: int = 0,
     labeled: int = 16,
     labeled_size: int = 256,
+    holdout: int | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Write a dataset folder at `out` (which must not exist, or be empty) and return its path.
 
     `images` masked images of `size` px and `labeled` single-class images of `labeled_size` px per class,
-    all at `mpp` microns per pixel. The folder appears complete or not at all.
+    all at `mpp` microns per pixel. With `holdout`, a split.json puts that many images in val and in test
+    (seeded) and the rest in train, instead of the folder format's default 50/25/25: more training images
+    for the same validation cost. The folder appears complete or not at all.
     """
-    _check(images, size, mpp, labeled, labeled_size)
+    _check(images, size, mpp, labeled, labeled_size, holdout)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SegclsError(f"output exists and is not an empty folder: {out}")
@@ -111,6 +116,9 @@ def make_dataset(
                 job.result()
         meta = {"classes": list(CLASSES), "colors": [list(c) for c in COLORS], "mpp": mpp}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if holdout is not None:
+            split = holdout_split([name for name, _, _ in masked], holdout, seed)
+            (tmp / "split.json").write_text(json.dumps(split, indent=1) + "\n")
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a finished dataset gets the usual mode
@@ -121,6 +129,16 @@ def make_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def holdout_split(names: list[str], holdout: int, seed: int) -> dict[str, list[str]]:
+    """`holdout` images each in val and test, the rest in train, by a seeded permutation of the names."""
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return {
+        "train": sorted(order[2 * holdout :]),
+        "val": sorted(order[:holdout]),
+        "test": sorted(order[holdout : 2 * holdout]),
+    }
 
 
 def dataset_tile_kinds(root: str | Path, tile: int = 128) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tifffile
 
 from segcls.errors import SlideError
 from segcls.runtime.score import read_mask_level, score_masks
@@ -40,3 +41,26 @@ def test_coarser_level_when_level0_is_too_big(tmp_path):
 def test_missing_or_bad_mask(tmp_path):
     with pytest.raises(SlideError, match="not found"):
         read_mask_level(tmp_path / "nope.tif")
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    with pytest.raises(SlideError, match="holds no single-channel label image"):
+        read_mask_level(rgb)
+
+
+def test_prediction_on_a_coarser_grid_is_resampled_onto_the_truth(tmp_path):
+    """A prediction kept at half the truth's resolution is compared pixel for pixel on the truth's grid."""
+    truth = np.zeros((128, 192), np.uint8)
+    truth[:, 96:] = 1
+    pred = np.zeros((64, 96), np.uint8)
+    pred[:, 48:] = 1
+    pred[:32, 24:48] = 1  # a quarter of the truth's class-0 half, 64 x 48 truth pixels, is wrong
+    _write(tmp_path / "t.tif", truth)
+    _write(tmp_path / "p.tif", pred)
+    s = score_masks(tmp_path / "p.tif", tmp_path / "t.tif", 2, max_pixels=128 * 192)
+    assert s.pixels == 128 * 192
+    assert s.micro_f1 == pytest.approx(1 - 64 * 48 / (128 * 192))
+    # class 0: tp = 128*96 - 64*48, fn = 64*48, fp = 0; class 1: tp = 128*96, fn = 0, fp = 64*48
+    tp0, wrong = 128 * 96 - 64 * 48, 64 * 48
+    f1_0 = 2 * tp0 / (2 * tp0 + wrong)
+    f1_1 = 2 * (128 * 96) / (2 * (128 * 96) + wrong)
+    assert s.macro_f1 == pytest.approx((f1_0 + f1_1) / 2)

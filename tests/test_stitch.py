@@ -99,17 +99,31 @@ def test_blend_keeps_only_a_band_of_rows():
 
 
 def test_blend_differs_from_crop_where_tiles_disagree():
-    """Tiles that disagree (each says its own constant) blend into a gradual transition."""
-    grid = TileGrid((256, 64), 128, 32)  # 3 tiles in a row, cores of 64 px
-    labels = np.full(grid.map_shape, 255, np.uint8)
-    probs = np.zeros((2, *grid.map_shape), np.float32)
-    stitcher = make_stitcher("blend", grid, labels, probs, num_classes=2)
-    n = 16
-    for i, t in enumerate(grid):
-        p = np.zeros((2, n, n), np.float32)
-        p[0], p[1] = (1.0, 0.0) if i % 2 == 0 else (0.0, 1.0)
-        stitcher.add(t, p.argmax(0).astype(np.uint8), p)
-    stitcher.finish()
-    row = probs[0, 2]
-    assert row[0] == 1 and 0 < row[8] < 1  # tile 0 alone at the edge, a mix across the overlap
-    assert np.abs(np.diff(row)).max() < 0.3  # no jump
+    """Tiles that disagree (each says its own constant): crop switches at the core boundaries, blend ramps
+    across the overlaps; both pick the same labels."""
+    grid = TileGrid((256, 64), 128, 32)  # 4 tiles in a row, cores of 64 px = 8 map px, overlaps of 8 map px
+    rows = {}
+    for mode in ("crop", "blend"):
+        labels = np.full(grid.map_shape, 255, np.uint8)
+        probs = np.zeros((2, *grid.map_shape), np.float32)
+        stitcher = make_stitcher(mode, grid, labels, probs, num_classes=2)
+        for i, t in enumerate(grid):
+            p = np.zeros((2, 16, 16), np.float32)
+            p[i % 2] = 1.0  # tiles 0 and 2 say class 0, tiles 1 and 3 class 1
+            stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+        stitcher.finish()
+        rows[mode] = probs[0, 2], labels[2]
+        np.testing.assert_array_equal(labels, labels[:1].repeat(len(labels), 0))  # the same in every map row
+    cores = np.repeat([1.0, 0.0, 1.0, 0.0], 8)  # P(class 0) of the tile whose core holds each map pixel
+    crop, crop_labels = rows["crop"]
+    np.testing.assert_array_equal(crop, cores)
+    np.testing.assert_array_equal(crop_labels, 1 - cores)
+    blend, blend_labels = rows["blend"]
+    np.testing.assert_array_equal(blend_labels, crop_labels)
+    np.testing.assert_array_equal(blend[:4], 1.0)  # tile 0 alone at the slide's edge
+    for boundary in (8, 16, 24):  # a mix across each overlap, the two ramps summing to 1
+        left, right = blend[boundary - 4 : boundary], blend[boundary : boundary + 4][::-1]
+        assert ((left > 0) & (left < 1)).all()
+        np.testing.assert_allclose(left + right, 1.0, atol=1e-6)
+    assert np.abs(np.diff(blend)).max() < 0.3  # no jump, where crop jumps by 1
+    assert np.abs(blend - crop).max() > 0.3

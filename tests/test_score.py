@@ -47,20 +47,52 @@ def test_missing_or_bad_mask(tmp_path):
         read_mask_level(rgb)
 
 
-def test_prediction_on_a_coarser_grid_is_resampled_onto_the_truth(tmp_path):
-    """A prediction kept at half the truth's resolution is compared pixel for pixel on the truth's grid."""
+def _scores_by_hand(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """Macro F1 (classes in either) and micro F1 of two equal-size label maps, by plain counting."""
+    f1s = []
+    for c in range(num_classes):
+        tp, fp, fn = (
+            np.sum((truth == c) & (pred == c)),
+            np.sum((truth != c) & (pred == c)),
+            np.sum((truth == c) & (pred != c)),
+        )
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)), float(np.mean(truth == pred))
+
+
+@pytest.mark.parametrize("factor", [2, 0.5])
+def test_prediction_on_another_grid_is_resampled_onto_the_truth(tmp_path, factor):
+    """A prediction kept at half (or twice) the truth's resolution is compared on the truth's grid, each truth
+    pixel with the prediction pixel that covers it (nearest, top-left aligned)."""
     truth = np.zeros((128, 192), np.uint8)
     truth[:, 96:] = 1
-    pred = np.zeros((64, 96), np.uint8)
-    pred[:, 48:] = 1
-    pred[:32, 24:48] = 1  # a quarter of the truth's class-0 half, 64 x 48 truth pixels, is wrong
+    if factor == 2:  # prediction pixel (i, j) covers truth pixels (2i..2i+1, 2j..2j+1)
+        pred = np.zeros((64, 96), np.uint8)
+        pred[:, 48:] = 1
+        pred[:16, 20:48] = 1  # wrong, in the top quarter only
+        pred[-1, :30] = 2  # the last row and column differ from their neighbours
+        pred[:, -1] = 0
+        on_truth_grid = pred.repeat(2, 0).repeat(2, 1)
+    else:  # prediction pixel (2i, 2j) is the one at truth pixel (i, j)
+        pred = truth.repeat(2, 0).repeat(2, 1)
+        pred[0::2, 0:50:2] = 2  # wrong on the sampled pixels of the left part
+        pred[1::2, 100:] = 2  # wrong only on pixels that are not sampled: no effect
+        on_truth_grid = pred[::2, ::2]
     _write(tmp_path / "t.tif", truth)
     _write(tmp_path / "p.tif", pred)
-    s = score_masks(tmp_path / "p.tif", tmp_path / "t.tif", 2, max_pixels=128 * 192)
-    assert s.pixels == 128 * 192
-    assert s.micro_f1 == pytest.approx(1 - 64 * 48 / (128 * 192))
-    # class 0: tp = 128*96 - 64*48, fn = 64*48, fp = 0; class 1: tp = 128*96, fn = 0, fp = 64*48
-    tp0, wrong = 128 * 96 - 64 * 48, 64 * 48
-    f1_0 = 2 * tp0 / (2 * tp0 + wrong)
-    f1_1 = 2 * (128 * 96) / (2 * (128 * 96) + wrong)
-    assert s.macro_f1 == pytest.approx((f1_0 + f1_1) / 2)
+    s = score_masks(tmp_path / "p.tif", tmp_path / "t.tif", 3, max_pixels=pred.size + truth.size)
+    macro, micro = _scores_by_hand(truth, on_truth_grid, 3)
+    assert 0.5 < micro < 0.99
+    assert s.pixels == truth.size
+    assert s.micro_f1 == pytest.approx(micro) and s.macro_f1 == pytest.approx(macro)
+
+
+def test_coarsest_level_when_no_level_is_small_enough(tmp_path):
+    labels = np.zeros((256, 512), np.uint8)
+    _write(tmp_path / "m.tif", labels)
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        smallest = tif.series[0].levels[-1].shape
+    assert smallest[0] * smallest[1] > 10 and smallest != labels.shape
+    assert read_mask_level(tmp_path / "m.tif", max_pixels=10).shape == smallest
+    assert read_mask_level(tmp_path / "m.tif", max_pixels=128 * 256).shape == (128, 256)  # not square

@@ -157,6 +157,10 @@ def run_module(module: str, spec: dict, settings: dict, out: Path) -> dict:
     cfg, db = out / f"{name}.toml", out / f"{name}.sqlite"
     cfg.write_text(session_config(module, spec, settings))
     start = time.perf_counter()
+    # Unmutated, the tests must pass: otherwise every mutant would count as killed.
+    command = shlex.split(tomllib.loads(cfg.read_text())["cosmic-ray"]["test-command"])
+    if subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        raise SystemExit(f"Error: the tests of {module} fail without any mutation: {' '.join(command)}")
     if not db.exists():
         subprocess.run([*COSMIC_RAY, "init", str(cfg), str(db)], check=True, cwd=ROOT)
         skip_items(db, module, spec, settings)

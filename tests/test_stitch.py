@@ -82,6 +82,38 @@ def test_skipped_tiles_and_non_tissue_stay_255(mode):
     np.testing.assert_array_equal(labels[done, :32], expected[done])
 
 
+@pytest.mark.parametrize("mode", ["crop", "blend"])
+def test_pixels_no_tile_reached_stay_255_without_a_tissue_mask(mode):
+    """A tile that was never run leaves its core unlabelled (blend: the part no neighbour's margin reaches)."""
+    grid = TileGrid((512, 512), 128, 16)  # cores of 96 px = 12 map px
+    truth = field(grid)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    probs = np.zeros((C, *grid.map_shape), np.float32)
+    stitcher = make_stitcher(mode, grid, labels, probs, num_classes=C)
+    skipped = next(t for t in grid if (t.row, t.col) == (3, 3))
+    for t in grid:
+        if t != skipped:
+            p = tile_output(truth, grid, t)
+            stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+    stitcher.finish()
+    x0, y0, x1, y1 = grid.core(skipped)
+    margin = grid.overlap // 8 if mode == "blend" else 0  # neighbours' tiles reach 16 px = 2 map px into it
+    hole = (slice(y0 + margin, y1 - margin), slice(x0 + margin, x1 - margin))
+    assert labels[hole].size == (12 - 2 * margin) ** 2
+    assert (labels[hole] == 255).all() and (probs[(slice(None), *hole)] == 0).all()
+    outside = labels != 255
+    assert outside.sum() == labels.size - (y1 - y0 - 2 * margin) * (x1 - x0 - 2 * margin)
+
+
+def test_blend_with_no_tile_at_all_leaves_the_map_unlabelled():
+    """A slide without tissue: finish() with nothing added (and the class count not known yet)."""
+    grid = TileGrid((256, 256), 128, 32)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    stitcher = BlendStitcher(grid, labels)
+    stitcher.finish()
+    assert (labels == 255).all()
+
+
 def test_blend_window_is_smooth_positive_and_a_partition_of_unity():
     w = blend_window(32, 8)
     assert (w > 0).all() and w.max() == 1

@@ -29,7 +29,10 @@ def tile_output(probs: np.ndarray, grid: TileGrid, t) -> np.ndarray:
 
 
 @pytest.mark.parametrize("mode", ["crop", "blend"])
-@pytest.mark.parametrize(("size", "tile", "overlap"), [((500, 300), 128, 32), ((333, 777), 256, 64), ((64, 64), 64, 0)])
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap"),
+    [((500, 300), 128, 32), ((333, 777), 256, 64), ((64, 64), 64, 0), ((300, 200), 128, 48)],
+)
 def test_consistent_tiles_reconstruct_the_field(mode, size, tile, overlap):
     grid = TileGrid(size, tile, overlap)
     truth = field(grid)

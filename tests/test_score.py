@@ -65,8 +65,8 @@ def _scores_by_hand(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> tu
 def test_prediction_on_another_grid_is_resampled_onto_the_truth(tmp_path, factor):
     """A prediction kept at half (or twice) the truth's resolution is compared on the truth's grid, each truth
     pixel with the prediction pixel that covers it (nearest, top-left aligned)."""
-    truth = np.zeros((128, 192), np.uint8)
-    truth[:, 96:] = 1
+    truth = np.zeros((128, 192) if factor == 2 else (192, 128), np.uint8)  # one wide, one tall
+    truth[:, truth.shape[1] // 2 :] = 1
     if factor == 2:  # prediction pixel (i, j) covers truth pixels (2i..2i+1, 2j..2j+1)
         pred = np.zeros((64, 96), np.uint8)
         pred[:, 48:] = 1
@@ -77,7 +77,8 @@ def test_prediction_on_another_grid_is_resampled_onto_the_truth(tmp_path, factor
     else:  # prediction pixel (2i, 2j) is the one at truth pixel (i, j)
         pred = truth.repeat(2, 0).repeat(2, 1)
         pred[0::2, 0:50:2] = 2  # wrong on the sampled pixels of the left part
-        pred[1::2, 100:] = 2  # wrong only on pixels that are not sampled: no effect
+        pred[1::2, 70:] = 2  # wrong only on pixels that are not sampled: no effect
+        pred[-2:, :] = 2  # the last two rows: sampled (row -2) and not (row -1)
         on_truth_grid = pred[::2, ::2]
     _write(tmp_path / "t.tif", truth)
     _write(tmp_path / "p.tif", pred)

@@ -19,6 +19,7 @@ from segcls.export.verify import (
     FP32_MIN_AGREEMENT,
     FP32_PROBS_ATOL,
     Figure,
+    float32_compute,
     verify_onnx,
 )
 
@@ -194,3 +195,15 @@ def test_figure_limits_are_inclusive_and_printed():
     assert not Figure("a", 0.998, 0.999, higher_is_better=True).passed
     assert str(Figure("a", 0.998, 0.999, higher_is_better=True)) == "a 0.998 (FAIL, needs >= 0.999)"
     assert str(Figure("p", 5e-5, 1e-4)) == "p 5e-05 (ok, needs <= 0.0001)"
+
+
+def test_float32_compute_names_the_float_nodes_but_cast_and_reducemax(model):
+    """An FP32 graph: every float-producing node but Cast and ReduceMax is listed, by name or first output."""
+    proto = onnx.load(str(model))
+    proto.graph.node[1].name = "to_nchw"
+    assert float32_compute(proto) == [
+        "Transpose:to_nchw",
+        "AveragePool:logits",
+        "Softmax:probs",
+        "Mul:class_scores",
+    ]

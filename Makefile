@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo clean mutate
 
 $(BIN)/segcls-train: pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,14 @@ test: setup lint
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO_OUT)
 
+# Mutation testing of the core (docs/mutation.md): hours on 2 cores, so not part of `test` or CI.
+# cosmic-ray mutates the files in place and restores them: do not edit the tree while it runs.
+# MODULES="segcls/metrics.py runtime/score.py" limits it; `--report` / `--retest` via MUTATE_ARGS.
+MODULES ?=
+MUTATE_ARGS ?=
+mutate: setup
+	$(BIN)/python -c 'import cosmic_ray' 2>/dev/null || $(BIN)/pip install -q -e '.[mutate]'
+	nice -n 10 $(BIN)/python scripts/mutate.py $(MUTATE_ARGS) $(MODULES)
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info mutation

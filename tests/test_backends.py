@@ -57,18 +57,24 @@ def test_torch_backend_agrees_with_onnxruntime(tmp_path, onnx_path, batch):
 
 
 def test_cuda_is_reported_only_when_the_session_really_uses_it(onnx_path, monkeypatch):
-    """Asking ORT for CUDA where it cannot run falls back to the CPU: `device` must say CPU."""
+    """Asking ORT for CUDA where it cannot run falls back to the CPU: `device` must say CPU, not what was asked."""
     import onnxruntime
 
     available = onnxruntime.get_available_providers()
+    cuda_runs = "CUDAExecutionProvider" in available
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
+    asked, session = [], onnxruntime.InferenceSession
+
+    def recording_session(path, options=None, providers=None, **kw):
+        asked.append(list(providers))
+        return session(path, options, providers=providers, **kw)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backend = open_backend(onnx_path)
-    real = backend.session.get_providers()
-    assert backend.device == real[0]
-    if "CUDAExecutionProvider" not in available:
-        assert backend.device == "CPUExecutionProvider"
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]  # CUDA was really asked for first
+    assert backend.device == ("CUDAExecutionProvider" if cuda_runs else "CPUExecutionProvider")
 
 
 def test_model_file_decides_the_backend(tmp_path, onnx_path):

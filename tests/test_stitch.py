@@ -29,7 +29,10 @@ def tile_output(probs: np.ndarray, grid: TileGrid, t) -> np.ndarray:
 
 
 @pytest.mark.parametrize("mode", ["crop", "blend"])
-@pytest.mark.parametrize(("size", "tile", "overlap"), [((500, 300), 128, 32), ((333, 777), 256, 64), ((64, 64), 64, 0)])
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap"),
+    [((500, 300), 128, 32), ((333, 777), 256, 64), ((64, 64), 64, 0), ((300, 200), 128, 48)],
+)
 def test_consistent_tiles_reconstruct_the_field(mode, size, tile, overlap):
     grid = TileGrid(size, tile, overlap)
     truth = field(grid)
@@ -82,6 +85,38 @@ def test_skipped_tiles_and_non_tissue_stay_255(mode):
     np.testing.assert_array_equal(labels[done, :32], expected[done])
 
 
+@pytest.mark.parametrize("mode", ["crop", "blend"])
+def test_pixels_no_tile_reached_stay_255_without_a_tissue_mask(mode):
+    """A tile that was never run leaves its core unlabelled (blend: the part no neighbour's margin reaches)."""
+    grid = TileGrid((512, 512), 128, 16)  # cores of 96 px = 12 map px
+    truth = field(grid)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    probs = np.zeros((C, *grid.map_shape), np.float32)
+    stitcher = make_stitcher(mode, grid, labels, probs, num_classes=C)
+    skipped = next(t for t in grid if (t.row, t.col) == (3, 3))
+    for t in grid:
+        if t != skipped:
+            p = tile_output(truth, grid, t)
+            stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+    stitcher.finish()
+    x0, y0, x1, y1 = grid.core(skipped)
+    margin = grid.overlap // 8 if mode == "blend" else 0  # neighbours' tiles reach 16 px = 2 map px into it
+    hole = (slice(y0 + margin, y1 - margin), slice(x0 + margin, x1 - margin))
+    assert labels[hole].size == (12 - 2 * margin) ** 2
+    assert (labels[hole] == 255).all() and (probs[(slice(None), *hole)] == 0).all()
+    outside = labels != 255
+    assert outside.sum() == labels.size - (y1 - y0 - 2 * margin) * (x1 - x0 - 2 * margin)
+
+
+def test_blend_with_no_tile_at_all_leaves_the_map_unlabelled():
+    """A slide without tissue: finish() with nothing added (and the class count not known yet)."""
+    grid = TileGrid((256, 256), 128, 32)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    stitcher = BlendStitcher(grid, labels)
+    stitcher.finish()
+    assert (labels == 255).all()
+
+
 def test_blend_window_is_smooth_positive_and_a_partition_of_unity():
     w = blend_window(32, 8)
     assert (w > 0).all() and w.max() == 1
@@ -99,17 +134,31 @@ def test_blend_keeps_only_a_band_of_rows():
 
 
 def test_blend_differs_from_crop_where_tiles_disagree():
-    """Tiles that disagree (each says its own constant) blend into a gradual transition."""
-    grid = TileGrid((256, 64), 128, 32)  # 3 tiles in a row, cores of 64 px
-    labels = np.full(grid.map_shape, 255, np.uint8)
-    probs = np.zeros((2, *grid.map_shape), np.float32)
-    stitcher = make_stitcher("blend", grid, labels, probs, num_classes=2)
-    n = 16
-    for i, t in enumerate(grid):
-        p = np.zeros((2, n, n), np.float32)
-        p[0], p[1] = (1.0, 0.0) if i % 2 == 0 else (0.0, 1.0)
-        stitcher.add(t, p.argmax(0).astype(np.uint8), p)
-    stitcher.finish()
-    row = probs[0, 2]
-    assert row[0] == 1 and 0 < row[8] < 1  # tile 0 alone at the edge, a mix across the overlap
-    assert np.abs(np.diff(row)).max() < 0.3  # no jump
+    """Tiles that disagree (each says its own constant): crop switches at the core boundaries, blend ramps
+    across the overlaps; both pick the same labels."""
+    grid = TileGrid((256, 64), 128, 32)  # 4 tiles in a row, cores of 64 px = 8 map px, overlaps of 8 map px
+    rows = {}
+    for mode in ("crop", "blend"):
+        labels = np.full(grid.map_shape, 255, np.uint8)
+        probs = np.zeros((2, *grid.map_shape), np.float32)
+        stitcher = make_stitcher(mode, grid, labels, probs, num_classes=2)
+        for i, t in enumerate(grid):
+            p = np.zeros((2, 16, 16), np.float32)
+            p[i % 2] = 1.0  # tiles 0 and 2 say class 0, tiles 1 and 3 class 1
+            stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+        stitcher.finish()
+        rows[mode] = probs[0, 2], labels[2]
+        np.testing.assert_array_equal(labels, labels[:1].repeat(len(labels), 0))  # the same in every map row
+    cores = np.repeat([1.0, 0.0, 1.0, 0.0], 8)  # P(class 0) of the tile whose core holds each map pixel
+    crop, crop_labels = rows["crop"]
+    np.testing.assert_array_equal(crop, cores)
+    np.testing.assert_array_equal(crop_labels, 1 - cores)
+    blend, blend_labels = rows["blend"]
+    np.testing.assert_array_equal(blend_labels, crop_labels)
+    np.testing.assert_array_equal(blend[:4], 1.0)  # tile 0 alone at the slide's edge
+    for boundary in (8, 16, 24):  # a mix across each overlap, the two ramps summing to 1
+        left, right = blend[boundary - 4 : boundary], blend[boundary : boundary + 4][::-1]
+        assert ((left > 0) & (left < 1)).all()
+        np.testing.assert_allclose(left + right, 1.0, atol=1e-6)
+    assert np.abs(np.diff(blend)).max() < 0.3  # no jump, where crop jumps by 1
+    assert np.abs(blend - crop).max() > 0.3

@@ -85,6 +85,21 @@ def crash_file(tmp_path_factory):
 
 
 @needs_ray
+def test_no_cluster_at_the_address_is_one_error_line(tmp_path, model, slides):
+    # First in the module: "auto" would join the local instance that the `crash_file` fixture starts.
+    import os
+    import subprocess
+    from pathlib import Path
+
+    infer = Path(sys.executable).parent / "segcls-infer"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [str(infer), str(slides[0]), "-o", str(tmp_path / "out"), "--model", str(model), *FAST, "--ray", "auto"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Error: cannot join the Ray cluster at auto" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_ray
 def test_masks_identical_to_the_local_run(tmp_path, model, slides, local, crash_file):
     rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS)
     assert [r.status for r in rows] == ["done"] * len(slides)
@@ -167,18 +182,3 @@ def test_a_tensorrt_engine_on_a_cluster_without_gpus_is_an_error(tmp_path, slide
     r = invoke(*slides[:1], "-o", tmp_path / "out", "--model", engine, *FAST, "--ray")
     assert r.exit_code == 2 and "TensorRT engine, but the Ray cluster has no GPU" in r.output, r.output
     assert not list((tmp_path / "out").glob("*.mask.tif"))
-
-
-@needs_ray
-def test_no_cluster_at_the_address_is_one_error_line(tmp_path, model, slides):
-    import os
-    import subprocess
-    from pathlib import Path
-
-    infer = Path(sys.executable).parent / "segcls-infer"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = str(tmp_path)  # where "auto" looks for a running instance: not this module's own
-    cmd = [str(infer), str(slides[0]), "-o", str(tmp_path / "out"), "--model", str(model), *FAST, "--ray", "auto"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "Error: cannot join the Ray cluster at auto" in r.stderr and "Traceback" not in r.stderr

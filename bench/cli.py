@@ -66,6 +66,8 @@ from segcls.bench.slide import slide_command  # noqa: E402
 main.add_command(slide_command)
 main.add_command(readers_command)
 main.add_command(overlap_command)
+
+
 @main.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", required=True, type=click.Path(exists=True, path_type=Path), help="Model for the cohort.")

@@ -88,3 +88,16 @@ def cluster(slides, model: Path, dataset: Path, out: Path, rounds: int, slide_mp
     results["ddp"] = ddp_processes(dataset, rounds=rounds, args=tuple(shlex.split(train_args)))
     write_results(out, results, "segcls-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     click.echo(out.with_suffix(".md").read_text())
+
+
+@main.command()
+@click.option("--size", default=1100, show_default=True, help="Side of the noisy label map, px.")
+@click.option("--rounds", default=3, show_default=True, help="Alternating rounds per variant.")
+@click.option("--name", default="cpu-geojson", show_default=True, help="Results file name in bench/results/.")
+def geojson(size: int, rounds: int, name: str) -> None:
+    """Write time of --geojson on a noisy map: one MultiPolygon per class vs one Polygon per region."""
+    from segcls.bench.bench_geojson import bench_geojson, markdown, save
+
+    result = bench_geojson(size=size, rounds=rounds)
+    path = save(result, name)
+    click.echo(markdown(result) + f"-> {path}")

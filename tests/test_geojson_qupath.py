@@ -121,3 +121,12 @@ def test_pipeline_options(tmp_path):
     assert counts["class"] <= 3 and 0 < counts["big"] < counts["region"]
     with pytest.raises(SegclsError, match="geojson-min-area"):
         InferOptions(geojson_min_area=-1)
+
+
+def test_bench_geojson_reports_both_outputs():
+    from segcls.bench.bench_geojson import bench_geojson, markdown
+
+    result = bench_geojson(size=60, rounds=1)
+    per_class, per_region = result["results"]["per class"], result["results"]["per region"]
+    assert per_class["features"] == 4 < per_region["features"] and per_class["median_s"] > 0
+    assert "| per region |" in markdown(result) and result["machine"]["cores"] >= 1

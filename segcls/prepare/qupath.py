@@ -608,4 +608,5 @@ def prepare_qupath(
     left_out = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n)
     if left_out:
         notes.append(f"left out or fixed: {left_out}")
+    labeled = {k: n for k, n in labeled.items() if n}
     return Summary("qupath", Path(out_dir), class_names, split_pieces, labeled, target_mpp, notes)

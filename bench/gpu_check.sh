@@ -23,6 +23,7 @@ if [[ -d "$WHEELS" ]]; then
     # --no-deps into a target folder: the wheel list is complete for that machine (bench/gpu_wheels.sh)
     "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$WORK/site" "$WHEELS"/*.whl || status=1
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+    echo "segcls wheel built from $(cat "$WHEELS/segcls-source.txt" 2>/dev/null || echo 'an unknown tree'); this tree: $(git describe --always --dirty 2>/dev/null || echo unknown)"
 fi
 # -P: the repository root is not on sys.path, so `segcls` is the installed package, not ./segcls
 PY=("$PYTHON" -P)

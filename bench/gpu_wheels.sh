@@ -18,5 +18,7 @@ rm -f "$DEST"/segcls-*.whl
     pytest pluggy iniconfig pygments packaging pytest-timeout \
     onnx onnxscript onnx-ir ml_dtypes protobuf typing_extensions
 "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$DEST" .  # segcls itself, this tree
+# the segcls wheel is a snapshot: rebuild it after every change; gpu_check.sh prints which tree it is
+git describe --always --dirty > "$DEST/segcls-source.txt" 2>/dev/null || echo unknown > "$DEST/segcls-source.txt"
 du -sh "$DEST"
 ls "$DEST"

@@ -29,7 +29,7 @@ def test_engine_is_built_once_and_reused(trt, tmp_path):
     onnx_path = _onnx(tmp_path / "m.onnx")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     for _ in range(2):
-        with open_backend(onnx_path, "tensorrt", tile=32, batch=2) as backend:
+        with open_backend(onnx_path, "tensorrt", tile=32, batch=2, threads=2) as backend:  # threads: ORT's
             assert backend.name == "tensorrt" and backend.device == "cuda:0 (NVIDIA H200, sm 9.0)"
             np.testing.assert_array_equal(backend.infer(images).labels, reference_outputs(images, 4)[0])
     assert len(trt.built) == 1

@@ -31,7 +31,7 @@ def _batches(sizes, seed=0):
 
 
 def _labelled(calls):
-    """Each call with the batch it belongs to: H2D, exec, D2H (x3) and the records go in queue order."""
+    """Each call, with the batch number for uploads and engine runs (the k-th of each)."""
     out, h2d, execs = [], 0, 0
     for call in calls:
         kind = call[0]
@@ -66,12 +66,15 @@ def test_upload_of_next_batch_is_queued_before_waiting_for_this_one(engine):
     assert len(syncs) == len(uploads) == len(execs) == 4
     for k in range(3):  # batch k+1 was uploaded and queued before the host waited for batch k
         assert uploads[k + 1] < syncs[k] and execs[k + 1] < syncs[k]
-    streams = {calls[uploads[k]][1] for k in range(4)}
-    assert len(streams) == 2  # two buffer sets on two streams, alternating
-    assert calls[uploads[0]][1] == calls[uploads[2]][1] != calls[uploads[1]][1]
-    for k in range(1, 4):  # one context: run k waits (on the GPU) for run k-1
-        wait = next(i for i in range(uploads[k], execs[k]) if order[i][0] == "wait")
-        assert calls[wait][1] == calls[uploads[k]][1]
+    upload, compute = calls[uploads[0]][1], calls[execs[0]][1]
+    assert {calls[uploads[k]][1] for k in range(4)} == {upload}  # copies in on their own stream
+    assert {calls[execs[k]][1] for k in range(4)} == {compute} != {upload}  # one context, one stream
+    downloads = {calls[i][1] for i, (kind, _) in enumerate(order) if kind == "D2H"}
+    assert len(downloads) == 1 and downloads.isdisjoint({upload, compute})
+    for k in range(4):  # the engine waits (on the GPU) for its own upload's event, recorded after it
+        record = next(i for i in range(uploads[k], execs[k]) if order[i][0] == "record")
+        wait = next(i for i in range(record, execs[k]) if order[i][0] == "wait")
+        assert calls[record][1:] == (calls[wait][2], upload) and calls[wait][1] == compute
     assert cudart.ran.count("exec") == 4  # the double really ran the queued work
 
 

@@ -55,3 +55,18 @@ def test_precision_is_refused_for_exported_models(tmp_path):
     onnx.write_bytes(b"")
     with pytest.raises(SegclsError, match="--precision is for the torch backend"):
         open_backend(onnx, precision="fp16")
+
+
+def test_cli_precision_reaches_the_torch_backend(checkpoint, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from segcls.runtime import cli
+
+    slide = tmp_path / "slide.png"
+    Image.fromarray(tissue_image(96, 96)).save(slide)
+    args = [str(slide), "-o", str(tmp_path / "m.tif"), "--model", str(checkpoint), "--precision", "bf16",
+            "--tile", "64", "--overlap", "16", "--slide-mpp", "2.0", "--tissue", "none", "-q"]  # fmt: skip
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert "Backend: torch on cpu (bf16)" in result.output and (tmp_path / "m.tif").is_file()

@@ -60,6 +60,7 @@ def open_backend(
         from segcls.export.tensorrt import cached_engine
 
         model_path, kind = cached_engine(model_path, tile=tile, max_batch=batch, log=log), "tensorrt"
+        kwargs.pop("threads", None)  # ONNX Runtime's CPU threads, given for the .onnx: nothing to an engine
     if backend != "auto" and backend != kind:
         raise ModelError(f"the {backend} backend cannot run {model_path}: a {model_path.suffix} file needs {kind}")
     if precision is not None and kind != "torch":

@@ -150,23 +150,24 @@ def check_engine_compatible(info: ModelInfo, tensorrt_version: str, compute_capa
 
 @dataclass
 class _Slot:
-    """One buffer set: the stream its batch is copied and run on, device and page-locked host buffers."""
+    """One buffer set (page-locked host + device, per I/O tensor) and the events of the batch in it."""
 
-    stream: object
-    ran: object  # event recorded after the engine ran this slot's batch
-    done: object  # event recorded after its outputs reached the host buffers
+    uploaded: object  # recorded on the upload stream after the input's host->device copy
+    ran: object  # recorded on the compute stream after the engine ran on it
+    done: object  # recorded on the download stream after the outputs reached the host buffers
     device: dict[str, int] = field(default_factory=dict)
     host: dict[str, np.ndarray] = field(default_factory=dict)  # each sized for the profile's largest batch
     size: int = 0  # tiles of the batch in flight
 
 
 class TensorRTBackend(Backend):
-    """One execution context, `slots` streams with a buffer set each (two: double buffering).
+    """One execution context on one compute stream, an upload and a download stream, `slots` buffer sets.
 
-    `infer_stream` queues batch k+1 (host->device copy, engine, device->host copy, all asynchronous on its
-    slot's stream) before it waits for batch k's outputs, so the upload of k+1 overlaps the engine on k
-    and the download of k overlaps the engine on k+1. The engine runs of different slots are ordered by
-    events, because they share the context's activation memory.
+    `infer_stream` queues batch k+1 (upload; engine after the upload's event; download after the
+    engine's event) before it waits for batch k's outputs, so the upload of k+1 overlaps the engine on k
+    and the download of k the engine on k+1. The context is only ever enqueued on its one stream
+    (TensorRT: concurrent `enqueueV3` of one context on several streams is undefined); copies overlap
+    it from their own streams. A slot is refilled only after its previous batch's download has finished.
     """
 
     name = "tensorrt"
@@ -183,7 +184,7 @@ class TensorRTBackend(Backend):
         self._runtime = self._engine = self._context = None
         self._dtypes: dict[str, np.dtype] = {}
         self._slots: list[_Slot] = []
-        self._last_run = None  # the event after the most recently queued engine run
+        self._streams: tuple = ()  # upload, compute, download
 
     def load(self) -> None:
         info = read_model_info(self.model_path)
@@ -217,8 +218,9 @@ class TensorRTBackend(Backend):
         shapes = {name: tuple(context.get_tensor_shape(name)) for name in names}
         self._dtypes = {name: np.dtype(trt.nptype(engine.get_tensor_dtype(name))) for name in names}
         cuda = self._cuda
+        self._streams = (cuda.stream(), cuda.stream(), cuda.stream())
         for _ in range(self.slots):
-            slot = _Slot(cuda.stream(), cuda.event(), cuda.event())
+            slot = _Slot(cuda.event(), cuda.event(), cuda.event())
             for name in names:
                 slot.host[name] = cuda.host_array(shapes[name], self._dtypes[name])
                 slot.device[name] = cuda.malloc(slot.host[name].nbytes)
@@ -270,23 +272,24 @@ class TensorRTBackend(Backend):
                     self._cuda.synchronize(slot.done)
 
     def _queue(self, slot: _Slot, batch: np.ndarray) -> None:
-        """Queue one batch (<= max batch) on `slot`'s stream; returns without waiting for the GPU."""
+        """Queue one batch (<= max batch) in `slot`; returns without waiting for the GPU."""
         cuda, context, n = self._cuda, self._context, len(batch)
+        upload, compute, download = self._streams
         slot.host[INPUT_NAME][:n] = batch  # pageable -> page-locked, on the host
-        cuda.to_device(slot.device[INPUT_NAME], slot.host[INPUT_NAME][:n], slot.stream)
+        cuda.to_device(slot.device[INPUT_NAME], slot.host[INPUT_NAME][:n], upload)
+        cuda.record(slot.uploaded, upload)
         if not context.set_input_shape(INPUT_NAME, batch.shape):
             raise RuntimeError(f"TensorRT refused input shape {batch.shape} for {self.model_path}")
         for name, ptr in slot.device.items():
             context.set_tensor_address(name, ptr)
-        if self._last_run is not None:  # one context: its runs must not overlap each other
-            cuda.wait(slot.stream, self._last_run)
-        if not context.execute_async_v3(int(slot.stream)):  # takes the stream as an int handle
+        cuda.wait(compute, slot.uploaded)
+        if not context.execute_async_v3(int(compute)):  # takes the stream as an int handle
             raise RuntimeError(f"TensorRT execution of {self.model_path} failed (see the TensorRT log)")
-        cuda.record(slot.ran, slot.stream)
-        self._last_run = slot.ran
+        cuda.record(slot.ran, compute)
+        cuda.wait(download, slot.ran)
         for name in OUTPUT_NAMES:
-            cuda.to_host(slot.host[name][:n], slot.device[name], slot.stream)
-        cuda.record(slot.done, slot.stream)
+            cuda.to_host(slot.host[name][:n], slot.device[name], download)
+        cuda.record(slot.done, download)
         slot.size = n
 
     def _collect(self, slot: _Slot) -> BackendOutput:
@@ -299,7 +302,7 @@ class TensorRTBackend(Backend):
         if self._cuda is not None:
             self._cuda.close()
             self._cuda = None
-        self._slots, self._last_run = [], None
+        self._slots, self._streams = [], ()
         self.info = self.description = None  # closed = not loaded: entering a `with` block loads it again
 
     @property

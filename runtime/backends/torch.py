@@ -83,14 +83,14 @@ class TorchBackend(Backend):
         import torch
 
         queued = None
-        with torch.inference_mode():
-            for k, batch in enumerate(batches):
+        for k, batch in enumerate(batches):
+            with torch.inference_mode():  # not held across the yield: the caller's grad mode is its own
                 launched = self._launch(self._upload(batch, k % 2), k % 2)
-                if queued is not None:
-                    yield self._finish(queued)
-                queued = launched
             if queued is not None:
                 yield self._finish(queued)
+            queued = launched
+        if queued is not None:
+            yield self._finish(queued)
 
     def _host_buffer(self, slot: int, name: str, shape: tuple[int, ...], dtype):
         """A page-locked host tensor per (slot, output, shape): reused, so memory stays bounded."""
@@ -129,14 +129,13 @@ class TorchBackend(Backend):
         scores_host.copy_(scores.float(), non_blocking=True)
         done = torch.cuda.Event()
         done.record(compute)
-        return done, labels_host, probs, scores_host
+        return done, labels_host, probs.half(), scores_host  # .half(): no-op in fp16; bf16 has no numpy dtype
 
     @staticmethod
     def _finish(queued) -> BackendOutput:
         done, labels_host, probs, scores_host = queued
         done.synchronize()
-        half = probs.half()  # a no-op in fp16; halves the copy in fp32; bf16 has no numpy dtype
-        lazy_probs = LazyArray(lambda: half.cpu().numpy(), tuple(probs.shape))  # on the stream that made it
+        lazy_probs = LazyArray(lambda: probs.cpu().numpy(), tuple(probs.shape))  # on the stream that made it
         return BackendOutput(labels_host.numpy(), lazy_probs, scores_host.numpy())
 
     @property

@@ -4,7 +4,8 @@
     reader threads: read + resample tiles into batches, at most `workers + prefetch` batches ahead
     main thread: backend.infer(batch) -> stitcher (stride-8 label map) -> outputs
     mask thread: level-0 mask tiles over label rows the stitcher reports final, compressed on a few
-      threads while inference goes on; the reduced levels once the map is complete
+      threads while inference goes on; reduced-level tiles compressed ahead into a spool file, written
+      once level 0 is complete
 
 Memory bound. Besides the model, peak memory is
     the uint8 label map, (H/8) x (W/8) bytes of the read frame (156 MB for a 200k x 200k slide at

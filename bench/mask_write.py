@@ -132,15 +132,19 @@ def run_once(size: int, writer: str, model: Path, mask: Path, backend: str = "au
     from segcls.runtime.backends import open_backend
     from segcls.runtime.pipeline import InferOptions, infer_slide
 
+    if writer not in WRITERS:
+        raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
+    streamed = mask_writer.MaskWriter
     if writer == "serial":
         mask_writer.MaskWriter = SerialMaskWriter  # what `_run` looks up when it starts writing
-    elif writer != "streamed":
-        raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
     be = open_backend(model, backend)
-    t0 = time.perf_counter()
-    result = infer_slide(SyntheticSlide(size), be, mask, InferOptions(progress=False))
-    e2e = time.perf_counter() - t0
-    be.close()
+    try:
+        t0 = time.perf_counter()
+        result = infer_slide(SyntheticSlide(size), be, mask, InferOptions(progress=False))
+        e2e = time.perf_counter() - t0
+    finally:
+        be.close()
+        mask_writer.MaskWriter = streamed
     s = result.summary
     t = s["timings_s"]
     return {
@@ -206,13 +210,13 @@ def bench_mask_write(sizes, rounds: int = 2, model: Path | None = None, backend:
     checks = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = model or random_model(tmp, mpp=4.0)
+        model_path = model or random_model(tmp, mpp=4.0)
         for r in range(rounds):
             for size in sizes:
                 order = WRITERS if r % 2 == 0 else WRITERS[::-1]
                 for writer in order:
                     mask = tmp / f"{writer}-{size}.tif"
-                    run = _child(size, writer, model, mask, backend) | {"round": r}
+                    run = _child(size, writer, model_path, mask, backend) | {"round": r}
                     runs.append(run)
                     progress(json.dumps(run))
                 if r == 0:

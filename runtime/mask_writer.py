@@ -82,9 +82,10 @@ class MaskWriter:
     The caller fills the label map from the top down and calls `rows_final(n)` once rows [0, n) will not
     change; `finish()` says every row is final, waits for the file and returns the level sizes. Used as a
     context manager, the writer runs on a background thread from `__enter__`, so most of level 0 is on
-    disk when inference ends; the reduced levels need the whole map (levels are sequential IFDs, level 0
-    first, for OpenSlide) and follow. Leaving the block without `finish()` (an error, Ctrl-C) stops the
-    writer and leaves no file. Without the context manager, `finish()` writes in the caller's thread.
+    disk, and most reduced-level tiles compressed in the spool, when inference ends. Leaving the block
+    without `finish()` (an error, Ctrl-C) stops the writer and leaves no file. An error on the writer
+    thread is raised by the next `rows_final` or by `finish`. Without the context manager, `finish()`
+    writes in the caller's thread.
 
     Arguments are those of `write_mask`; `workers` threads compress tiles (default: up to 4 cores).
     """

@@ -4,7 +4,8 @@
     reader threads: read + resample single tiles into a fixed ring of batch buffers
     main thread: backend.infer_stream(batches) -> stitcher (stride-8 label map) -> outputs
     mask thread: level-0 mask tiles over label rows the stitcher reports final, compressed on a few
-      threads while inference goes on; the reduced levels once the map is complete
+      threads while inference goes on; reduced-level tiles compressed ahead into a spool file, written
+      once level 0 is complete
 
 Threads: ONNX Runtime gets every core this process may use (`open_model`); `--workers auto` picks the
 readers from the core count and the backend's device (`reader_budget`: 1 per 8 cores beside a CPU

@@ -156,3 +156,19 @@ def test_bench_slide_has_glass_and_tissue_at_every_level():
     a = slide.read_region((1024, 1024), 0, (64, 64))
     b = slide.read_region((1024, 1024), 1, (32, 32))
     assert a.shape == (64, 64, 3) and b.shape == (32, 32, 3)
+
+
+def test_bench_run_has_its_keys_and_both_writers_write_the_same_mask(tmp_path_factory, tmp_path):
+    from _runtime_models import exported_onnx
+
+    from segcls.bench.mask_write import run_once, summarise
+    from segcls.runtime import mask_writer
+
+    model = exported_onnx(tmp_path_factory)  # reads at 2 um/px: a 2048 px slide is a 512 px read frame
+    runs = [run_once(2048, w, model, tmp_path / f"{w}.tif") for w in ("serial", "streamed")]
+    assert mask_writer.MaskWriter is MaskWriter  # the serial writer was patched in for one run only
+    for run in runs:
+        assert {"e2e_s", "write_s", "write_share", "write_cpu_s", "infer_s", "peak_rss_mb", "tiles_run"} <= set(run)
+        assert run["tiles_run"] >= 1 and 0 <= run["write_share"] < 1
+    assert (tmp_path / "serial.tif").read_bytes() == (tmp_path / "streamed.tif").read_bytes()
+    assert [row["writer"] for row in summarise(runs)] == ["serial", "streamed"]

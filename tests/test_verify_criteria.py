@@ -207,3 +207,23 @@ def test_float32_compute_names_the_float_nodes_but_cast_and_reducemax(model):
         "Softmax:probs",
         "Mul:class_scores",
     ]
+
+
+def test_cases_are_random_and_tissue_like_pixels_at_two_batch_sizes_and_shapes(model):
+    """What the reference is run on: random pixels and tissue-like tiles (mostly bright, H&E-ish), batches of
+    1 and 3, square and not square."""
+    seen = []
+
+    class Recording(Reference):
+        def __call__(self, images):
+            seen.append(images.numpy().copy())
+            return super().__call__(images)
+
+    report = verify_onnx(model, Recording(model), "fp32", size=64)
+    assert report.cases == ["random 1x64x64", "tissue 1x64x128", "random 3x64x64", "tissue 3x64x128"]
+    assert [s.shape for s in seen] == [(1, 64, 64, 3), (1, 64, 128, 3), (3, 64, 64, 3), (3, 64, 128, 3)]
+    for kind, images in zip(["random", "tissue"] * 2, seen, strict=True):
+        if kind == "random":  # uniform over 0..255
+            assert images.min() <= 5 and images.max() >= 250 and abs(images.mean() - 127.5) < 10
+        else:  # white background and pink tissue: bright on average, few dark pixels
+            assert images.mean() > 170 and (images.mean(-1) < 60).mean() < 0.2

@@ -46,3 +46,47 @@ def test_resampled_read_follows_the_slide_in_both_axes(x, y):
 def test_no_valid_target_resolution_is_an_error(mpp):
     with pytest.raises(SlideError, match="no valid target resolution"):
         plan_read(RampSlide(), mpp)
+
+
+def test_read_a_level_as_is():
+    slide = RampSlide()
+    plan = plan_read(slide, None, level=0)
+    assert (plan.level, plan.scale, plan.mpp, plan.resample) == (0, 1.0, 0.25, False)
+    plan = plan_read(slide, None, level=2)
+    assert (plan.scale, plan.size, plan.resample) == (4.0, (256, 256), False)
+    assert plan.mpp == pytest.approx(1.0)  # 0.25 um per level-0 px x 4
+    tile = read_tile(slide, plan, 8, 16, 32)  # level-2 px (8, 16) = level-0 (32, 64)
+    assert (tile[0, 0, 0], tile[0, 0, 1]) == (8, 16) and (tile[1, 1, 0], tile[1, 1, 1]) == (9, 17)
+    for level in (3, -1):
+        with pytest.raises(SlideError, match=f"--level {level} is out of range: the slide has levels 0..2$"):
+            plan_read(slide, None, level=level)
+
+
+def test_a_resolution_within_2_percent_of_a_level_reads_it_as_is():
+    plan = plan_read(RampSlide(), 0.25 * 1.015)
+    assert (plan.level, plan.scale, plan.resample) == (0, 1.0, False)
+    plan = plan_read(RampSlide(), 0.25 * 1.03)
+    assert plan.level == 0 and plan.scale == pytest.approx(1.03) and plan.resample
+
+
+@pytest.mark.parametrize(
+    ("tile", "overlap", "message"),
+    [(-16, 0, "--tile must be a positive multiple of 16"), (128, 64, "= 56 for --tile 128")],
+)
+def test_grid_refuses_negative_tiles_and_overlaps_that_leave_no_core(tile, overlap, message):
+    from segcls.errors import SegclsError
+    from segcls.runtime.tiling import TileGrid
+
+    with pytest.raises(SegclsError, match=message):
+        TileGrid((256, 256), tile, overlap)
+
+
+def test_tissue_in_box_past_the_mask_edge_repeats_the_edge():
+    from segcls.runtime.tiling import ReadPlan, TileGrid, tissue_in_box
+
+    grid = TileGrid((800, 800), 256, 64)
+    plan = ReadPlan(level=0, scale=2.0, level_downsample=1.0, size=(800, 800), mpp=0.5)
+    mask = np.zeros((100, 100), bool)
+    mask[:, -1] = mask[-1, :] = True  # the last mask column and row
+    got = tissue_in_box((195, 195, 205, 205), grid, plan, mask, 32.0)  # 0.5 mask px per map px: 200+ lie past it
+    assert got.shape == (10, 10) and got[3:].all() and got[:, 3:].all() and not got[:3, :3].any()

@@ -109,6 +109,18 @@ def skip_items(db_path: Path, module: str, spec: dict, settings: dict) -> int:
     return len(drop)
 
 
+def limit_pending(db_path: Path, module: str, limit: int, settings: dict) -> None:
+    """Skip all but a seeded choice of `limit` pending mutants (a time-boxed run is a smaller sample)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        pending = sorted(db.pending_work_items, key=lambda w: w.job_id)
+        rng = random.Random(f"{module}:limit:{settings.get('seed', 0)}")
+        for w in rng.sample(pending, max(0, len(pending) - limit)):
+            db.set_result(w.job_id, WorkResult(output="not sampled (limit)", worker_outcome=WorkerOutcome.SKIPPED))
+
+
 def forget_survivors(db_path: Path) -> int:
     """Drop the results of the surviving mutants, so that the next `exec` tests them again."""
     import sqlite3
@@ -152,7 +164,7 @@ def summarise(db_path: Path, module: str) -> dict:
     return {**counts, "survivors": sorted(survivors, key=lambda s: s["line"])}
 
 
-def run_module(module: str, spec: dict, settings: dict, out: Path) -> dict:
+def run_module(module: str, spec: dict, settings: dict, out: Path, limit: int | None = None) -> dict:
     name = module.replace("/", "_").removesuffix(".py")
     cfg, db = out / f"{name}.toml", out / f"{name}.sqlite"
     cfg.write_text(session_config(module, spec, settings))
@@ -164,6 +176,8 @@ def run_module(module: str, spec: dict, settings: dict, out: Path) -> dict:
     if not db.exists():
         subprocess.run([*COSMIC_RAY, "init", str(cfg), str(db)], check=True, cwd=ROOT)
         skip_items(db, module, spec, settings)
+    if limit is not None:
+        limit_pending(db, module, limit, settings)
     subprocess.run([*COSMIC_RAY, "exec", str(cfg), str(db)], check=True, cwd=ROOT)
     summary = summarise(db, module)
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -180,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the modules and their tests")
     parser.add_argument("--report", action="store_true", help="summarise existing sessions, run nothing")
     parser.add_argument("--retest", action="store_true", help="run the surviving mutants again (after new tests)")
+    parser.add_argument("--limit", type=int, help="run at most this many more mutants per module (seeded choice)")
     args = parser.parse_args(argv)
     if args.list:
         for module, spec in modules.items():
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.retest and (out / f"{name}.sqlite").exists():
                 forget_survivors(out / f"{name}.sqlite")
-            results[module] = run_module(module, modules[module], settings, out)
+            results[module] = run_module(module, modules[module], settings, out, args.limit)
         summary_path.write_text(json.dumps(results, indent=2))
     for module, r in results.items():
         score = "-" if r["score"] is None else f"{100 * r['score']:.1f} %"

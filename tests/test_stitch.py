@@ -162,3 +162,52 @@ def test_blend_differs_from_crop_where_tiles_disagree():
         np.testing.assert_allclose(left + right, 1.0, atol=1e-6)
     assert np.abs(np.diff(blend)).max() < 0.3  # no jump, where crop jumps by 1
     assert np.abs(blend - crop).max() > 0.3
+
+
+def test_blend_learns_the_class_count_from_the_first_tile():
+    """Without num_classes the band is sized from the first tile's probs: the same map as with it."""
+    grid = TileGrid((300, 200), 128, 16)
+    truth = field(grid)
+    maps = []
+    for kw in ({}, {"num_classes": C}):
+        labels = np.full(grid.map_shape, 255, np.uint8)
+        probs = np.zeros((C, *grid.map_shape), np.float32)
+        stitcher = make_stitcher("blend", grid, labels, probs, **kw)
+        for t in grid:
+            p = tile_output(truth, grid, t)
+            stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+        stitcher.finish()
+        maps.append((labels, probs))
+    np.testing.assert_array_equal(maps[0][0], maps[1][0])
+    np.testing.assert_array_equal(maps[0][1], maps[1][1])
+    assert (maps[0][0] != 255).all()
+
+
+@pytest.mark.parametrize("mode", ["average", "max", "Blend", ""])
+def test_unknown_stitch_mode_is_an_error(mode):
+    grid = TileGrid((256, 256), 128, 32)
+    with pytest.raises(ValueError, match="stitch mode must be one of"):
+        make_stitcher(mode, grid, np.full(grid.map_shape, 255, np.uint8))
+
+
+@pytest.mark.parametrize("overlap", [16, 32])
+def test_blend_ramps_along_a_raised_cosine_over_exactly_the_overlap(overlap):
+    """Neighbours that disagree: across the 2 x overlap px both tiles cover, P(left tile's class) falls along a
+    raised cosine from 1 to 0; everywhere else one tile decides alone."""
+    grid = TileGrid((512, 128), 128, overlap)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    probs = np.zeros((2, *grid.map_shape), np.float32)
+    stitcher = make_stitcher("blend", grid, labels, probs, num_classes=2)
+    for t in grid:
+        p = np.zeros((2, 16, 16), np.float32)
+        p[t.col % 2] = 1.0  # even tile columns say class 0, odd ones class 1
+        stitcher.add(t, p.argmax(0).astype(np.uint8), p)
+    stitcher.finish()
+    core, ramp = (128 - 2 * overlap) // 8, 2 * overlap // 8  # map px
+    width = grid.map_shape[1]
+    expected = np.array([1.0 - (x // core) % 2 for x in range(width)])  # the tile whose core holds x decides
+    falling = 0.5 + 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp)  # 1 -> 0 over `ramp` px
+    for b in range(core, width, core):  # each boundary between two cores
+        span = slice(b - ramp // 2, b + ramp // 2)
+        expected[span] = falling if expected[b - 1] == 1 else falling[::-1]
+    np.testing.assert_allclose(probs[0, 5], expected, atol=1e-6)

@@ -6,6 +6,8 @@ blue exists only as labeled/ images (image-level labels). So blue can be learnt 
 alone: a run that drops it cannot tell blue tiles from the others.
 """
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,22 @@ def test_class_weights_change_each_loss_and_its_gradient(dataset, tmp_path, mode
     seg2, cls2, (_, g_cls2) = run(ones, skew)
     assert abs(cls2 - cls0) > 1e-3 * cls0 and seg2 == pytest.approx(seg0, rel=1e-6)
     assert not torch.allclose(g_cls2, g_cls0, rtol=1e-3, atol=0)
+
+
+def test_each_pass_over_a_tile_pool_sees_every_tile_once():
+    from segcls.train import _Cycler
+
+    cycler = _Cycler(np.array([3, 5, 8, 13, 21]), np.random.default_rng(0))
+    drawn = np.concatenate([cycler.take(3), cycler.take(4), cycler.take(8)])  # 3 passes, across batch borders
+    for p in range(3):
+        assert sorted(drawn[5 * p : 5 * p + 5]) == [3, 5, 8, 13, 21]
+
+
+def test_epoch_stats_count_tiles_and_time(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path, setting="S+C*", mode="two-step", steps_per_epoch=2, batch_size=2)
+    start = time.perf_counter()
+    stats = trainer.train_epoch()
+    wall = time.perf_counter() - start
+    assert 0.8 * wall <= stats["seconds"] <= wall  # the epoch is all that ran
+    assert stats["tiles_per_s"] * stats["seconds"] == pytest.approx(2 * (2 + 2))  # 2 steps of 2 SEG + 2 CLS tiles
+    assert stats["loss"] == pytest.approx(stats["seg_loss"] + stats["cls_loss"], rel=1e-5)

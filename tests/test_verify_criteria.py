@@ -20,6 +20,7 @@ from segcls.export.verify import (
     FP32_PROBS_ATOL,
     Figure,
     float32_compute,
+    tissue_like_images,
     verify_onnx,
 )
 
@@ -207,3 +208,35 @@ def test_float32_compute_names_the_float_nodes_but_cast_and_reducemax(model):
         "Softmax:probs",
         "Mul:class_scores",
     ]
+
+
+def test_cases_are_random_and_tissue_like_pixels_at_two_batch_sizes_and_shapes(model):
+    """What the reference is run on: random pixels and tissue-like tiles (mostly bright, H&E-ish), batches of
+    1 and 3, square and not square."""
+    seen = []
+
+    class Recording(Reference):
+        def __call__(self, images):
+            seen.append(images.numpy().copy())
+            return super().__call__(images)
+
+    report = verify_onnx(model, Recording(model), "fp32", size=64)
+    assert report.cases == ["random 1x64x64", "tissue 1x64x128", "random 3x64x64", "tissue 3x64x128"]
+    assert [s.shape for s in seen] == [(1, 64, 64, 3), (1, 64, 128, 3), (3, 64, 64, 3), (3, 64, 128, 3)]
+    for kind, images in zip(["random", "tissue"] * 2, seen, strict=True):
+        if kind == "random":  # uniform over 0..255
+            assert images.min() <= 5 and images.max() >= 250 and abs(images.mean() - 127.5) < 10
+        else:  # white background and pink tissue: bright on average, few dark pixels
+            assert images.mean() > 170 and (images.mean(-1) < 60).mean() < 0.2
+
+
+def test_tissue_like_images_look_like_h_and_e():
+    """White background, pink stroma and dark purple nuclei in every image, in plausible shares."""
+    images = tissue_like_images(4, 128, 192, np.random.default_rng(0))
+    assert images.shape == (4, 128, 192, 3) and images.dtype == np.uint8
+    r, g, b = (images[..., c].astype(int) for c in range(3))
+    background = images.min(-1) > 225
+    stroma = (r > 210) & (g < 190) & (b > g)
+    nuclei = (b > r) & (r > g) & (images.mean(-1) < 130)
+    for share, low, high in ((background, 0.15, 0.5), (stroma, 0.4, 0.8), (nuclei, 0.02, 0.12)):
+        assert (low < share.mean(axis=(1, 2))).all() and (share.mean(axis=(1, 2)) < high).all()

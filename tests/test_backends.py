@@ -66,7 +66,7 @@ def test_cuda_is_reported_only_when_the_session_really_uses_it(onnx_path, monkey
     asked, session = [], onnxruntime.InferenceSession
 
     def recording_session(path, options=None, providers=None, **kw):
-        asked.append(list(providers))
+        asked.append([p if isinstance(p, str) else p[0] for p in providers])  # a name or (name, options)
         return session(path, options, providers=providers, **kw)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)

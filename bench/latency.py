@@ -59,13 +59,24 @@ def _precision(backend) -> str:
 
 
 def _peak_rss_mb(model: str, backend: str, threads: int, tile: int, batch: int) -> float:
-    """Run in a fresh process: load, two calls, peak RSS (Linux reports ru_maxrss in KiB)."""
+    """Run in a fresh process: load, two calls, peak RSS."""
     instance = _open(Path(model), backend, threads)
     images = np.random.default_rng(0).integers(0, 256, (batch, tile, tile, 3), dtype=np.uint8)
     for _ in range(2):
         instance.infer(images)
     instance.close()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: Linux's VmHWM, which belongs to the address space and so starts afresh at
+    exec. `ru_maxrss` does not: Linux carries it over from the process that forked this one, so a spawned
+    child would report at least its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def _percentiles(seconds: list[float]) -> dict:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 
 from segcls.bench.bench_infer import machine, versions
@@ -86,3 +87,16 @@ def save(result: dict, name: str) -> Path:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result))
     return RESULTS / f"{name}.md"
+
+
+@click.command("geojson")
+@click.option("--size", default=1100, show_default=True, help="Side of the noisy label map, px.")
+@click.option("--rounds", default=3, show_default=True, help="Alternating rounds per variant.")
+@click.option("--name", default="cpu-geojson", show_default=True, help="Results file name in bench/results/.")
+def geojson_command(size: int, rounds: int, name: str) -> None:
+    """Write time of --geojson on a noisy map: one MultiPolygon per class vs one Polygon per region."""
+    from segcls.bench.bench_geojson import bench_geojson, markdown, save
+
+    result = bench_geojson(size=size, rounds=rounds)
+    path = save(result, name)
+    click.echo(markdown(result) + f"-> {path}")

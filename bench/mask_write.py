@@ -29,8 +29,11 @@ import time
 from pathlib import Path
 from types import MappingProxyType
 
+import click
 import numpy as np
 
+from segcls.atomic import atomic_path
+from segcls.cli._common import handle_errors
 from segcls.runtime.mask_writer import upsample_window
 from segcls.runtime.slide import Slide
 from segcls.tiff import palette_colormap, pyramid_sizes, write_pyramid
@@ -278,3 +281,40 @@ def markdown(result: dict, command: str) -> str:
 if __name__ == "__main__":  # one run, in the process `_child` started
     size, writer, model, mask, backend = sys.argv[1:6]
     print(json.dumps(run_once(int(size), writer, Path(model), Path(mask), backend)))
+
+
+@click.command("mask-write")
+@click.option("--sizes", default="20000,40000,60000", show_default=True, help="slide sizes (px), comma-separated")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1), help="rounds, writers alternated")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="model file reading at 4 um/px [default: a random network exported to ONNX]")  # fmt: skip
+@click.option("--backend", default="auto", show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(__file__).parent / "results" / "cpu-2core-mask-write.json",
+    show_default=True,
+    help="results (markdown beside it)",
+)
+@handle_errors
+def mask_write_command(sizes: str, rounds: int, model: Path | None, backend: str, json_path: Path) -> None:
+    """Mask writing's share of a whole-slide run: streamed writer vs serial, e2e, peak RSS per process."""
+    from segcls.bench.mask_write import bench_mask_write, markdown
+
+    try:
+        values = [int(v) for v in sizes.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of integers: {sizes!r}", param_hint="--sizes") from None
+    if not values or min(values) < 1024:
+        raise click.BadParameter("sizes must be >= 1024 px", param_hint="--sizes")
+    result = bench_mask_write(values, rounds, model, backend, progress=lambda line: click.echo(line, err=True))
+    command = "segcls-bench mask-write " + " ".join(sys.argv[2:])
+    result["command"] = command
+    text = markdown(result, command)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_path(json_path.with_suffix(".md")) as tmp:
+        tmp.write_text(text)
+    click.echo(text)
+    click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')}")

@@ -1,4 +1,5 @@
-"""`segcls-export CKPT -o model.onnx [--fp16] [--trt ...]`: a few lines over export_onnx / build_engine."""
+"""`segcls-export CKPT -o model.onnx [--fp16 | --int8 --calibrate DATASET] [--trt ...]`: a few lines over
+export_onnx / export_int8 / build_engine."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import click
 
 from segcls.cli._common import handle_errors, require_extra
+from segcls.export.quantize import CALIBRATION_METHODS, Int8Options
 
 
 def _multiple_of_16(ctx, param, value: int) -> int:
@@ -19,6 +21,14 @@ def _multiple_of_16(ctx, param, value: int) -> int:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
 @click.option("--fp16", is_flag=True, help="FP16 weights and compute (uint8 in, uint8 labels out).")
+@click.option("--int8", is_flag=True, help="INT8 (ONNX Runtime static quantization, CPU); needs --calibrate.")
+@click.option("--calibrate", type=click.Path(path_type=Path), help="Dataset folder: its train split calibrates INT8.")
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=Int8Options.method, show_default=True)
+@click.option("--calib-tiles", type=click.IntRange(min=1), default=Int8Options.tiles, show_default=True)
+@click.option("--calib-size", default=Int8Options.tile_size, show_default=True, callback=_multiple_of_16,
+              help="Calibration and held-out tile side, px.")  # fmt: skip
+@click.option("--int8-fp32", "fp32_modules", default=",".join(Int8Options.fp32_modules), show_default=True,
+              help="Network modules left in FP32, comma-separated ('' for none).")  # fmt: skip
 @click.option("--trt", "build_trt", is_flag=True, help="Also build a TensorRT engine (needs a GPU).")
 @click.option("--engine", type=click.Path(path_type=Path), help="Engine file [default: OUTPUT with .engine].")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1), help="Engine batch.")
@@ -32,6 +42,12 @@ def main(
     checkpoint: Path,
     output: Path,
     fp16: bool,
+    int8: bool,
+    calibrate: Path | None,
+    calib_method: str,
+    calib_tiles: int,
+    calib_size: int,
+    fp32_modules: str,
     build_trt: bool,
     engine: Path | None,
     max_batch: int,
@@ -45,13 +61,26 @@ def main(
     require_extra("export", "torch", "onnx", "onnxscript")
     from segcls.export.onnx_export import check_output_path, export_onnx
 
+    if int8 and (fp16 or build_trt):
+        raise click.UsageError("--int8 is a CPU (ONNX Runtime) model: it goes with neither --fp16 nor --trt")
+    if int8 != (calibrate is not None):
+        raise click.UsageError("--int8 and --calibrate DATASET go together")
     if build_trt:
         from segcls.runtime.backends.tensorrt import import_tensorrt
 
         engine = engine or output.with_suffix(".engine")
         check_output_path(engine, (".engine", ".plan", ".trt"))
         import_tensorrt()  # before the slow export: no TensorRT, nothing written
-    result = export_onnx(checkpoint, output, fp16=fp16, opset=opset, verify_size=verify_size, log=click.echo)
+    if int8:
+        from segcls.export.quantize import export_int8
+
+        modules = tuple(m.strip() for m in fp32_modules.split(",") if m.strip())
+        options = Int8Options(calib_method, calib_tiles, calib_size, modules)
+        result = export_int8(
+            checkpoint, output, calibrate, options, opset=opset, verify_size=verify_size, log=click.echo
+        )
+    else:
+        result = export_onnx(checkpoint, output, fp16=fp16, opset=opset, verify_size=verify_size, log=click.echo)
     click.echo(result.summary())
     if build_trt:
         from segcls.export.tensorrt import build_engine

@@ -9,6 +9,9 @@ swapped H/W or a baked-in size fails). Tolerances, after Polygraphy's `CompareFu
   what it means for scores up to 1; beyond that it becomes relative, because FP16 itself cannot do better:
   the spacing of FP16 numbers is |x| * 2^-10 (0.0156 at 16), so an absolute 1e-2 on a score of 16 would
   ask for less than one FP16 ulp. Both figures (absolute and relative) are printed.
+- INT8 (`verify_int8`): the reference is the FP32 ONNX model, on data of the dataset it was calibrated
+  on: labels agreement >= 99 % on held-out tiles (not the calibration tiles), and the test split's macro
+  F1 (whole images, against the ground truth) within 1 point of FP32's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ FP32_PROBS_ATOL = 1e-4
 FP32_MIN_AGREEMENT = 0.999
 FP16_MIN_AGREEMENT = 0.995
 FP16_SCORES_TOL = 1e-2
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_F1_DELTA = 0.01  # 1 point of macro F1
 
 
 def random_images(batch: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,6 +72,7 @@ class Figure:
 @dataclass
 class VerificationReport:
     precision: str
+    reference: str = "torch FP32"
     figures: list[Figure] = field(default_factory=list)
     info: dict[str, float] = field(default_factory=dict)  # reported, not judged
     cases: list[str] = field(default_factory=list)
@@ -78,7 +84,7 @@ class VerificationReport:
     def summary(self) -> str:
         judged = "; ".join(str(f) for f in self.figures)
         shown = ", ".join(f"{k} {v:.3g}" for k, v in self.info.items())
-        cases = f"{self.precision}, ONNX Runtime CPU vs torch FP32, {len(self.cases)} cases"
+        cases = f"{self.precision}, ONNX Runtime CPU vs {self.reference}, {len(self.cases)} cases"
         return f"verification ({cases}): {judged}; {shown}"
 
     def raise_if_failed(self, path: str | Path) -> None:
@@ -97,16 +103,10 @@ def verify_onnx(
     progress: bool = False,
 ) -> VerificationReport:
     """Compare ONNX Runtime on `onnx_path` with `reference` (the FP32 torch `DeployedModel`)."""
-    import onnxruntime as ort
     import torch
     from tqdm import tqdm
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot load the exported model {onnx_path}: {e}") from None
+    session = _cpu_session(onnx_path)
     rng = np.random.default_rng(seed)
     cases = [
         (kind, batch, size, width) for batch in batches for kind, width in (("random", size), ("tissue", size + 64))
@@ -139,6 +139,70 @@ def verify_onnx(
         ]
         report.info = {"class_scores max|diff|": worst["scores"], "probs max|diff|": worst["probs"]}
     return report
+
+
+def verify_int8(
+    int8_path: str | Path,
+    fp32_path: str | Path,
+    tiles: np.ndarray,
+    test: list[tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    min_agreement: float = INT8_MIN_AGREEMENT,
+    max_f1_delta: float = INT8_MAX_F1_DELTA,
+    batch: int = 4,
+) -> VerificationReport:
+    """Compare the INT8 model with the FP32 one: labels on held-out `tiles` (uint8 NHWC), and macro F1 on
+    the `test` (image, mask) pairs, whole images as `segcls.evaluate` scores them."""
+    from tqdm import tqdm
+
+    from segcls.metrics import ConfusionMatrix
+
+    int8, fp32 = _cpu_session(int8_path), _cpu_session(fp32_path)
+    same = total = 0
+    scores_diff = 0.0
+    for start in tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False):
+        images = tiles[start : start + batch]
+        got = int8.run(["labels", "probs", "class_scores"], {"image": images})
+        ref = fp32.run(["labels", "probs", "class_scores"], {"image": images})
+        _check_outputs(got, ref, int8_path)
+        same, total = same + int((got[0] == ref[0]).sum()), total + got[0].size
+        scores_diff = max(scores_diff, float(np.abs(got[2] - ref[2]).max()))
+    matrices = {"int8": ConfusionMatrix(num_classes), "fp32": ConfusionMatrix(num_classes)}
+    for image, mask in tqdm(test, desc="verify test F1", leave=False):
+        for name, session in (("int8", int8), ("fp32", fp32)):
+            matrices[name].update(mask, predict_labels(session, image))
+    f1 = {name: float(m.scores().macro_f1) for name, m in matrices.items()}
+    report = VerificationReport("int8", reference="ONNX FP32")
+    report.cases = [f"{len(tiles)} held-out tiles {tiles.shape[1]}x{tiles.shape[2]}", f"{len(test)} test images"]
+    report.figures = [
+        Figure("labels agreement (held-out tiles)", same / max(total, 1), min_agreement, higher_is_better=True),
+        Figure("test macro F1 |int8 - fp32|", abs(f1["int8"] - f1["fp32"]), max_f1_delta),
+    ]
+    report.info = {"test macro F1 fp32": f1["fp32"], "test macro F1 int8": f1["int8"]}
+    report.info["class_scores max|diff|"] = scores_diff
+    return report
+
+
+def predict_labels(session, image: np.ndarray) -> np.ndarray:
+    """Whole-image labels (H, W) from an ONNX session, as `segcls.evaluate.predict_labels` makes them:
+    edge padding to a multiple of 16, argmax at stride 8, nearest upsampling."""
+    from segcls.description import INPUT_MULTIPLE, NETWORK_STRIDE
+
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((0, -h % INPUT_MULTIPLE), (0, -w % INPUT_MULTIPLE), (0, 0)), mode="edge")
+    labels = session.run(["labels"], {"image": padded[None]})[0][0]
+    return np.repeat(np.repeat(labels, NETWORK_STRIDE, axis=0), NETWORK_STRIDE, axis=1)[:h, :w]
+
+
+def _cpu_session(path: str | Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot load the exported model {path}: {e}") from None
 
 
 def _check_outputs(got: list[np.ndarray], ref: list[np.ndarray], path) -> None:

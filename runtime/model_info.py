@@ -27,7 +27,7 @@ KEY_COMPUTE_CAPABILITY = "segcls.compute_capability"  # "major.minor" of the GPU
 KEY_DEVICE_NAME = "segcls.device_name"
 KEY_PROFILE = "segcls.profile"  # {"min"|"opt"|"max": [batch, H, W, 3]} of the input `image`
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("labels", "probs", "class_scores")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

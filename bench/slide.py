@@ -69,9 +69,15 @@ def bench_slide(
     methods: tuple[str, ...] = METHODS,
     options: dict | None = None,
     keep_masks: Path | None = None,
+    baseline_model: str | Path | None = None,
 ) -> dict:
-    """Alternate `methods` over `rounds`; per-round ratios, medians and ranges. See the module docstring."""
+    """Alternate `methods` over `rounds`; per-round ratios, medians and ranges. See the module docstring.
+
+    `baseline_model` (default `model`) is what the baselines run: e.g. segcls on an INT8 model against the
+    loops users write on the FP32 one.
+    """
     slide, model = Path(slide), Path(model)
+    baseline = Path(baseline_model or model)
     if "window" in methods and importlib.util.find_spec("monai") is None:
         methods = tuple(m for m in methods if m != "window")  # the optional `bench` extra is not installed
     runs: dict[str, list[dict]] = {m: [] for m in methods}
@@ -80,8 +86,11 @@ def bench_slide(
         for r in range(rounds):
             order = methods if r % 2 == 0 else methods[::-1]  # no method always runs first or last
             for method in order:
-                runs[method].append(run_method(method, slide, model, folder / f"{method}.tif", mpp, options or {}))
-    return summarize(slide, model, runs, rounds, options or {})
+                used = model if method == "segcls" else baseline
+                runs[method].append(run_method(method, slide, used, folder / f"{method}.tif", mpp, options or {}))
+    result = summarize(slide, model, runs, rounds, options or {})
+    result["baseline_model"] = str(baseline)
+    return result
 
 
 def summarize(slide: Path, model: Path, runs: dict[str, list[dict]], rounds: int, options: dict) -> dict:
@@ -147,7 +156,13 @@ def markdown(result: dict, env: dict) -> str:
         machine_line(env),
         "",
         f"Slide `{Path(result['slide']).name}` read as {result['read_size'][0]} x {result['read_size'][1]}; "
-        f"model `{Path(result['model']).name}`; {result['rounds']} rounds alternating the methods, each run in "
+        f"model `{Path(result['model']).name}`"
+        + (
+            f" (baselines: `{Path(result['baseline_model']).name}`)"
+            if result.get("baseline_model", result["model"]) != result["model"]
+            else ""
+        )
+        + f"; {result['rounds']} rounds alternating the methods, each run in "
         f"its own process; median (range). segcls: {seg['backend']} on {seg['device']}, {seg['readers']} "
         f"reader thread(s), {tiles['run']} of {tiles['total']} tiles run.",
         "",
@@ -187,6 +202,8 @@ def markdown(result: dict, env: dict) -> str:
 @click.command("slide")
 @click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The model the baselines run [default: --model].")  # fmt: skip
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
 @click.option(
@@ -198,14 +215,14 @@ def markdown(result: dict, env: dict) -> str:
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="An InferOptions field for segcls.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
 @handle_errors
-def slide_command(slide, model, mpp, rounds, methods, options, json_path) -> None:
+def slide_command(slide, model, baseline_model, mpp, rounds, methods, options, json_path) -> None:
     """segcls-infer vs the plain loop and the whole-frame sliding window on SLIDE: wall, tiles, peak RSS."""
     chosen = tuple(m for m in METHODS if m == "segcls" or m in methods.split(","))
     opts = {}
     for item in options:
         key, _, value = item.partition("=")
         opts[key] = json.loads(value)
-    result = bench_slide(slide, model, mpp, rounds, chosen, opts)
+    result = bench_slide(slide, model, mpp, rounds, chosen, opts, baseline_model=baseline_model)
     env = environment()
     text = markdown(result, env)
     click.echo(text)

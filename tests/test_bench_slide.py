@@ -92,3 +92,15 @@ def test_readers_command(tmp_path):
         (d, w) for d in ("tifffile", "openslide") for w in (1, 2)
     ]
     assert result["tiles"] == 6 and all(r["tiles_per_s"] > 0 for r in result["rows"])
+
+
+def test_baselines_run_the_baseline_model(monkeypatch, tmp_path):
+    """`--baseline-model`: segcls runs --model (e.g. INT8), the plain loop the baseline (e.g. FP32)."""
+    import segcls.bench.slide as bench
+
+    ran = []
+    monkeypatch.setattr(bench, "run_method", lambda method, slide, model, *a: ran.append((method, model.name)))
+    monkeypatch.setattr(bench, "summarize", lambda *a: {})
+    result = bench.bench_slide(CMU, "int8.onnx", rounds=2, methods=("segcls", "plain"), baseline_model="fp32.onnx")
+    assert ran == [("segcls", "int8.onnx"), ("plain", "fp32.onnx"), ("plain", "fp32.onnx"), ("segcls", "int8.onnx")]
+    assert result["baseline_model"] == "fp32.onnx"

@@ -17,11 +17,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segcls.atomic import atomic_path
 from segcls.errors import SegclsError
+
+if TYPE_CHECKING:
+    from segcls.train import TrainConfig
 
 PAPER_FRACTIONS = (0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 QUICK_FRACTIONS = (0.0, 0.05, 0.1, 1.0)
@@ -83,10 +87,14 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     todo: dict[Path, TrainConfig] = {}
     for fraction, seed, setting in _run_order(config):
         directory = run_dir(out, config.task, setting, fraction, seed)
-        if not config.train or directory in todo or _done(directory, base.epochs):
+        if not config.train or directory in todo:
             continue
         varied = {"seg_fraction": fraction} if config.task == "seg" else {"cls_fraction": fraction}
-        todo[directory] = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
+        if fraction == 0:  # the run that stands for both settings (run_dir) trains as the one it is named after
+            setting = SAME_AT_ZERO.get((config.task, setting), setting)
+        run = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
+        if not _done(directory, run):
+            todo[directory] = run
 
     def finished() -> list[dict]:  # results so far, rewritten after every run: a stopped sweep still has them
         rows = collect_results(out, config.task, config.settings, config.fractions, config.seeds)
@@ -107,10 +115,14 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
 
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
         with ProcessPoolExecutor(config.jobs, context, initializer=_set_threads, initargs=(config.threads,)) as pool:
-            for job in as_completed([pool.submit(_train_one, run) for run in todo.values()]):
-                job.result()
-                finished()
-                bar.update()
+            try:
+                for job in as_completed([pool.submit(_train_one, run) for run in todo.values()]):
+                    job.result()
+                    finished()
+                    bar.update()
+            except BaseException:  # a failed run or Ctrl-C: say so now, not after every queued run has trained
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     bar.close()
     rows = finished()
     if not rows:
@@ -126,10 +138,24 @@ def _run_order(config: SweepConfig) -> list[tuple[float, int, str]]:
     return [(f, seed, s) for f in fractions for seed in range(config.seeds) for s in config.settings]
 
 
-def _done(directory: Path, epochs: int) -> bool:
-    """metrics.json is there and was written after at least `epochs` epochs."""
+def _done(directory: Path, run: TrainConfig) -> bool:
+    """metrics.json is there, was written after at least `run.epochs` epochs, and by a run with `run`'s
+    settings: a run made with others (another preset in the same folder) is refused, not mixed in."""
+    from segcls.train import changed_settings
+
     path = directory / "metrics.json"
-    return path.is_file() and int(json.loads(path.read_text()).get("config", {}).get("epochs", epochs)) >= epochs
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text()).get("config")
+    if saved is None:  # no settings recorded: nothing to compare, counted as done as before
+        return True
+    changed = changed_settings(saved, run)
+    if changed:
+        raise SegclsError(
+            f"{directory} holds a run made with other settings ({', '.join(changed)}): "
+            "use another output folder for this sweep"
+        )
+    return int(saved.get("epochs", run.epochs)) >= run.epochs
 
 
 def _set_threads(threads: int | None) -> None:

@@ -217,10 +217,7 @@ class Trainer:
         last = self.out_dir / "last.pt"
         payload = load_checkpoint(last)
         saved = payload.get("config", {})
-        mine = asdict(self.config)
-        keys = ("dataset", "task", "setting", "seg_fraction", "cls_fraction", "batch_size", "tile", "lr", "seed")
-        keys += ("split_seed", "mode")
-        changed = [k for k in keys if str(saved.get(k)) != str(mine[k])]
+        changed = changed_settings(saved, self.config)
         if changed:
             raise CheckpointError(f"{last} was trained with other settings ({', '.join(changed)}): cannot resume")
         self.model.load_state_dict(payload["model"])
@@ -394,6 +391,18 @@ def _majority(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     flat = masks.reshape(masks.shape[0], -1)
     counts = torch.stack([(flat == c).sum(dim=1) for c in range(num_classes)], dim=1)
     return counts.argmax(dim=1)
+
+
+# What a run's results depend on, besides its length: a checkpoint or a finished run made with other values
+# of these is another experiment (resuming it, or counting it as done, would mix two).
+RESUME_KEYS = ("dataset", "task", "setting", "seg_fraction", "cls_fraction", "batch_size", "tile", "lr", "seed")
+RESUME_KEYS += ("split_seed", "mode", "steps_per_epoch")
+
+
+def changed_settings(saved: dict, config: TrainConfig) -> list[str]:
+    """The RESUME_KEYS whose value in `saved` (a checkpoint's or metrics.json's config) differs from `config`."""
+    mine = asdict(config)
+    return [k for k in RESUME_KEYS if str(saved.get(k)) != str(mine[k])]
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:

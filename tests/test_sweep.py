@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from click.testing import CliRunner
 import segcls.train
 from segcls.cli.sweep import main as sweep_main
 from segcls.data.settings import select_tiles_cls_task
+from segcls.errors import SegclsError
 from segcls.sweep import summary_markdown
 
 
@@ -156,16 +158,21 @@ def test_more_epochs_resume_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(segcls.train, "train", lambda run, resume=False, progress=True: calls.append(resume))
     run = segcls.sweep.run_dir(tmp_path / "o", "seg", "S", 1.0, 0)
     run.mkdir(parents=True)
-    metrics = {"macro_f1": 0.5, "micro_f1": 0.5, "train_tiles": {"seg": 1, "cls": 0}, "config": {"epochs": 4}}
+    made = segcls.train.TrainConfig(dataset=str(tmp_path), out_dir=str(run), epochs=4, setting="S", seg_fraction=1.0)
+    config = {**dataclasses.asdict(made), "seed": 0}
+    metrics = {"macro_f1": 0.5, "micro_f1": 0.5, "train_tiles": {"seg": 1, "cls": 0}, "config": config}
     (run / "metrics.json").write_text(segcls.sweep.json.dumps(metrics))
     (run / "last.pt").write_bytes(b"")
 
-    def sweep(epochs):
+    def sweep(epochs, **options):
         config = segcls.sweep.SweepConfig(str(tmp_path), str(tmp_path / "o"), ("S",), (1.0,), 1)
-        config.train_options = {"epochs": epochs}
+        config.train_options = {"epochs": epochs, **options}
         segcls.sweep.run_sweep(config, progress=False)
 
     sweep(4)
     assert calls == []  # as long as asked: done
     sweep(8)
     assert calls == [True]  # longer: continued from last.pt
+    with pytest.raises(SegclsError, match=r"S_s1_seed0 holds a run made with other settings \(tile\)"):
+        sweep(4, tile=made.tile // 2)  # another preset in the same folder: refused, not mixed into the results
+    assert calls == [True]

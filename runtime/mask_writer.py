@@ -15,6 +15,7 @@ byte the one a plain serial write gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segcls.atomic import atomic_path
 from segcls.tiff import palette_colormap, pyramid_sizes, tile_encoder, write_pyramid
 
 UNLABELLED = 255
@@ -125,7 +127,9 @@ class MaskWriter:
         ]
         self._encode = tile_encoder(compression, compression_level)
         self._uniform: dict[tuple[int, int, int], bytes] = {}  # (value, h, w) -> bytes of that tile
-        self.workers = workers or min(4, len(os.sched_getaffinity(0)))
+        from segcls.runtime.pipeline import available_cores  # lazily: the pipeline imports this module lazily
+
+        self.workers = workers or min(4, available_cores())
         self.cpu_seconds = 0.0  # thread CPU time spent upsampling and compressing
         description = json.dumps(
             {
@@ -151,9 +155,13 @@ class MaskWriter:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._done = False
+        # The pyramid is written to a temporary file beside `path`; finish() renames it, abort() removes it.
+        self._file = contextlib.ExitStack()
+        self._tmp: Path | None = None
 
     # -- the caller's side ----------------------------------------------------------------------------
     def __enter__(self) -> MaskWriter:
+        self._tmp = self._file.enter_context(atomic_path(self.path))
         self._thread = threading.Thread(target=self._run, name="segcls-mask", daemon=True)
         self._thread.start()
         return self
@@ -175,11 +183,14 @@ class MaskWriter:
         """Every row is final: write what is left, rename the file into place, return the level sizes."""
         self.rows_final(self.labels.shape[0])
         if self._thread is None:
-            self._write()
+            with atomic_path(self.path) as self._tmp:
+                self._write()
         else:
             self._thread.join()
             if self._error is not None:
+                self._discard()
                 raise self._error
+            self._file.close()  # renames the finished file into place
         self._done = True
         return self.sizes
 
@@ -190,7 +201,12 @@ class MaskWriter:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
+        self._discard()
         self._done = True
+
+    def _discard(self) -> None:
+        """Remove the temporary file (no-op once it was renamed or removed)."""
+        self._file.__exit__(_Aborted, _Aborted(), None)
 
     # -- the writer's side ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -208,7 +224,7 @@ class MaskWriter:
             tempfile.TemporaryFile(prefix=f".{self.path.name}.", suffix=".spool", dir=parent) as spool,
         ):
             tiles = _InOrder(self, pool, 2 * self.workers, spool)
-            write_pyramid(self.path, self.size, tiles, **self._write_args)
+            write_pyramid(self._tmp, self.size, tiles, atomic=False, **self._write_args)  # _tmp is ours
 
     def _last_row(self, request: Request) -> int:
         """The label row under the last output row of a tile."""

@@ -225,6 +225,11 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
     # The mask is written on a background thread as the stitcher reports rows final, so most of level 0
     # is on disk when inference ends; it is renamed into place by finish(), after the other outputs.
     size, mask_mpp = _mask_size(slide, opts.out_mpp)
+    min_area = 0.0  # level-0 px^2; checked here, before the work, like the mask size
+    if "geojson" in outputs and opts.geojson_min_area:
+        if not slide.mpp:
+            raise SlideError(f"--geojson-min-area is in um^2 but {slide.path} has no mpp: pass --slide-mpp")
+        min_area = opts.geojson_min_area / slide.mpp**2
     # The label map covers whole tiles (it may overhang the slide): place it by its pixel size.
     label_px = grid.stride * plan.scale * size[0] / slide.dimensions[0]
     mask = MaskWriter(
@@ -252,11 +257,6 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
     if "geojson" in outputs:
         from segcls.runtime.geojson import write_geojson
 
-        min_area = 0.0
-        if opts.geojson_min_area:
-            if not slide.mpp:
-                raise SlideError(f"--geojson-min-area is in um^2 but {slide.path} has no mpp: pass --slide-mpp")
-            min_area = opts.geojson_min_area / slide.mpp**2
         write_geojson(
             outputs["geojson"], labels, description.classes, description.colors, grid.stride * plan.scale,
             per_region=opts.geojson_per_region, min_area=min_area, size=slide.dimensions,

@@ -9,6 +9,7 @@ hands them to tifffile as they are.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -86,8 +87,11 @@ def write_pyramid(
     mpp: float | None = None,
     description: str | None = None,
     progress: Callable[[int], None] | None = None,
+    atomic: bool = True,
 ) -> list[tuple[int, int]]:
     """Write a tiled pyramid to `path` atomically; returns the level sizes (width, height).
+
+    `atomic=False` writes `path` itself, for a caller that already writes to a temporary file of its own.
 
     `samples` 3 writes RGB (compression "jpeg" gives a slide like a scanner's); 1 with `colormap` writes a
     palette image (class indices that viewers show in colour). `progress(n)` is called per tile written.
@@ -120,7 +124,8 @@ def write_pyramid(
                 progress(1)
             yield t
 
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+    target = atomic_path(path) if atomic else contextlib.nullcontext(Path(path))
+    with target as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for level, (w, h) in enumerate(sizes):
             shape = (h, w, samples) if samples > 1 else (h, w)
             extra = {"subfiletype": 1} if level else {}

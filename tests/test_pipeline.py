@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,23 @@ def test_interrupt_leaves_no_outputs(backend, image, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         infer_slide(ArraySlide(image), backend, tmp_path / "m.tif", opts)
     assert calls and list(tmp_path.iterdir()) == []
+
+
+def test_an_error_after_inference_leaves_no_mask(backend, image, tmp_path, monkeypatch):
+    """The mask is written while inference runs, but renamed into place only after every other output."""
+    import segcls.runtime.geojson
+
+    def broken(*args, **kwargs):
+        for thread in threading.enumerate():  # let the mask writer finish everything it can first
+            if thread.name == "segcls-mask":
+                thread.join()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(segcls.runtime.geojson, "write_geojson", broken)
+    opts = InferOptions(tile=256, overlap=32, tissue="none", geojson=tmp_path / "m.geojson", progress=False)
+    with pytest.raises(OSError, match="disk full"):
+        infer_slide(ArraySlide(image), backend, tmp_path / "m.tif", opts)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_options_are_refused(backend, image, tmp_path):

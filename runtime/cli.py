@@ -209,6 +209,7 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, ray_addre
         rows = infer_cohort(
             paths, model, out, dataclasses.replace(opts, **extras), address, overwrite=overwrite,
             workers=ray["workers"], cpus_per_slide=ray["cpus"], gpus_per_slide=ray["gpus"], retries=ray["retries"],
+            precision=precision,
         )  # fmt: skip
         _exit_if_failed(sum(r.status == "failed" for r in rows), sum(r.status != "skipped" for r in rows))
         return

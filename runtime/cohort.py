@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from segcls.atomic import atomic_path
 from segcls.errors import BackendUnavailableError, SegclsError
-from segcls.runtime.backends import Backend, backend_for, open_backend
-from segcls.runtime.pipeline import InferOptions, infer_slide, result_line
+from segcls.runtime.backends import Backend, backend_for
+from segcls.runtime.pipeline import InferOptions, available_cores, infer_slide, open_model, reader_budget, result_line
 
 CSV_NAME = "cohort.csv"
 CSV_FIELDS = ("slide", "status", "seconds", "tiles", "tiles_per_s", "mask", "worker", "error")
@@ -142,14 +142,18 @@ def write_table(out_dir: Path, rows: list[SlideRow], seconds: float) -> str:
 class _SlideWorker:
     """A Ray actor: the model is opened once per worker process, in the constructor (rerun on restart)."""
 
-    def __init__(self, model: str, backend: str, threads: int) -> None:
-        kwargs = {"threads": threads} if backend_for(model) == "onnxruntime" else {}
-        self.backend = open_backend(model, backend, **kwargs)
+    def __init__(self, model: str, options: InferOptions, precision: str | None, threads: int) -> None:
+        # As the local run opens it (precision, engine tile and batch), on this worker's share of the CPUs.
+        self.backend = open_model(
+            model, options.backend, precision=precision, tile=options.tile, batch=options.batch, threads=threads
+        )
+        self.threads = threads
 
     def run(self, slide: str, outputs: dict[str, Path], options: InferOptions) -> tuple[SlideRow, str]:
         if os.environ.get(CRASH_FILE_ENV):
             _crash_after_first_batch(self.backend, Path(os.environ[CRASH_FILE_ENV]))
-        return run_slide(Path(slide), self.backend, outputs, options)
+        readers = reader_budget(options.workers, self.backend.device, cores=self.threads)  # not the whole node's
+        return run_slide(Path(slide), self.backend, outputs, dataclasses.replace(options, workers=readers))
 
 
 def _crash_after_first_batch(backend: Backend, armed: Path) -> None:
@@ -181,6 +185,7 @@ def infer_cohort(
     cpus_per_slide: float = 1,
     gpus_per_slide: float | None = None,
     retries: int = 2,
+    precision: str | None = None,
 ) -> list[SlideRow]:
     """Segment `slides` on a Ray cluster into `out_dir` (NAME.mask.tif each) and write OUT_DIR/cohort.csv.
 
@@ -189,6 +194,7 @@ def infer_cohort(
     of `options` (overlay, geojson, probs, summary) are "-" for beside the mask, or a folder. `workers`:
     actors (each holds one model), default as many as the cluster's CPUs (GPUs) allow; `gpus_per_slide`
     default: 1 when the cluster has GPUs, else 0. A slide is retried `retries` times when its worker dies.
+    `precision`: the torch backend's, as `open_backend`'s.
     Returns one row per slide (done, skipped or failed), in the order of `slides`.
     """
     from segcls.runtime.cli import plan_outputs
@@ -199,7 +205,7 @@ def infer_cohort(
     model = Path(model).resolve()
     if not model.is_file():
         raise SegclsError(f"model not found: {model}")
-    family = backend_for(model)
+    family = "tensorrt" if opts.backend == "tensorrt" else backend_for(model)  # an .onnx may run on TensorRT
     if not cpus_per_slide > 0:
         raise SegclsError(f"--ray-cpus must be > 0, got {cpus_per_slide}")
     if retries < 0:
@@ -217,7 +223,8 @@ def infer_cohort(
         if started:
             _init_ray(ray, ray_address)
         try:
-            rows |= _run_on_ray(ray, todo, model, family, opts, workers, cpus_per_slide, gpus_per_slide, retries)
+            resources = (workers, cpus_per_slide, gpus_per_slide, retries)
+            rows |= _run_on_ray(ray, todo, model, family, opts, precision, *resources)
         finally:
             if started:
                 ray.shutdown()
@@ -228,8 +235,7 @@ def infer_cohort(
 
 def _init_ray(ray, address: str | None) -> None:
     if address is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False)
     else:
         try:
             ray.init(address=address, log_to_driver=False)
@@ -238,12 +244,15 @@ def _init_ray(ray, address: str | None) -> None:
             raise SegclsError(f"cannot join the Ray cluster at {address}: {first}") from None
 
 
-def _run_on_ray(ray, todo, model: Path, family: str, opts, workers, cpus, gpus, retries) -> dict[str, SlideRow]:
+def _run_on_ray(
+    ray, todo, model: Path, family: str, opts, precision, workers, cpus, gpus, retries
+) -> dict[str, SlideRow]:
     resources = ray.cluster_resources()
     if gpus is None:
         gpus = 1 if resources.get("GPU", 0) > 0 else 0
     if family == "tensorrt" and not gpus:
-        raise BackendUnavailableError(f"{model} is a TensorRT engine, but the Ray cluster has no GPU")
+        what = "is a TensorRT engine" if backend_for(model) == "tensorrt" else "runs on TensorRT (--backend tensorrt)"
+        raise BackendUnavailableError(f"{model} {what}, but the Ray cluster has no GPU")
     if workers is None:
         fit = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1) / cpus
         workers = max(1, int(fit))
@@ -252,7 +261,7 @@ def _run_on_ray(ray, todo, model: Path, family: str, opts, workers, cpus, gpus, 
         num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=retries
     )
     threads = max(1, int(cpus))
-    actors = [actor_class.remote(str(model), opts.backend, threads) for _ in range(workers)]
+    actors = [actor_class.remote(str(model), opts, precision, threads) for _ in range(workers)]
     worker_opts = dataclasses.replace(opts, progress=False)
     print(f"Ray: {len(todo)} slides on {workers} workers ({cpus:g} CPU, {gpus:g} GPU each)", file=sys.stderr)
 

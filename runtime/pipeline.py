@@ -159,16 +159,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def open_model(model_path: str | Path, backend: str = "auto", **kwargs) -> Backend:
-    """`open_backend` with the thread budget the pipeline plans with: ONNX Runtime gets every core.
+def open_model(model_path: str | Path, backend: str = "auto", threads: int | None = None, **kwargs) -> Backend:
+    """`open_backend` with the thread budget the pipeline plans with: ONNX Runtime gets `threads`, by
+    default every core (other backends ignore it).
 
-    Its default is the physical-core count, which a container's CPU share or SMT can make wrong; the
+    ORT's default is the physical-core count, which a container's CPU share or SMT can make wrong; the
     readers take their share of the cores through `reader_budget`, not by shrinking the backend's.
     """
     from segcls.runtime.backends import backend_for
 
     if backend in ("auto", "onnxruntime") and backend_for(model_path) == "onnxruntime":
-        kwargs.setdefault("threads", available_cores())
+        kwargs["threads"] = threads or available_cores()
     return open_backend(model_path, backend, **kwargs)
 
 

@@ -176,9 +176,12 @@ def test_ray_missing_is_one_error_line(tmp_path, model, slides, monkeypatch):
 
 
 @needs_ray
-def test_a_tensorrt_engine_on_a_cluster_without_gpus_is_an_error(tmp_path, slides, crash_file):
+def test_a_tensorrt_engine_on_a_cluster_without_gpus_is_an_error(tmp_path, slides, model, crash_file):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not needed: refused before any worker starts")
     r = invoke(*slides[:1], "-o", tmp_path / "out", "--model", engine, *FAST, "--ray")
     assert r.exit_code == 2 and "TensorRT engine, but the Ray cluster has no GPU" in r.output, r.output
+    assert not list((tmp_path / "out").glob("*.mask.tif"))
+    r = invoke(*slides[:1], "-o", tmp_path / "out", "--model", model, *FAST, "--ray", "--backend", "tensorrt")
+    assert r.exit_code == 2 and "runs on TensorRT (--backend tensorrt), but the Ray cluster has no GPU" in r.output
     assert not list((tmp_path / "out").glob("*.mask.tif"))

@@ -78,3 +78,4 @@ def test_precision_flag_is_refused_for_tensorrt(trt, tmp_path):
     (tmp_path / "s.png").write_bytes(b"")
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code != 0 and "Error: --precision is for the torch backend" in result.output
+    assert trt.built == []  # refused before an engine build, not after it

@@ -56,6 +56,11 @@ def open_backend(
     if not model_path.exists():
         raise ModelError(f"model not found: {model_path}")
     kind = backend_for(model_path)
+    if precision is not None and kind != "torch":  # before an engine build of minutes, not after it
+        raise SegclsError(
+            f"--precision is for the torch backend; {model_path.name} keeps the precision it was exported with "
+            "(segcls-export --fp16 for an FP16 model)"
+        )
     if backend == "tensorrt" and kind == "onnxruntime":
         from segcls.export.tensorrt import cached_engine
 
@@ -63,11 +68,6 @@ def open_backend(
         kwargs.pop("threads", None)  # ONNX Runtime's CPU threads, given for the .onnx: nothing to an engine
     if backend != "auto" and backend != kind:
         raise ModelError(f"the {backend} backend cannot run {model_path}: a {model_path.suffix} file needs {kind}")
-    if precision is not None and kind != "torch":
-        raise SegclsError(
-            f"--precision is for the torch backend; {model_path.name} keeps the precision it was exported with "
-            "(segcls-export --fp16 for an FP16 model)"
-        )
     if kind == "onnxruntime":
         from segcls.runtime.backends.onnxruntime import OnnxRuntimeBackend as cls
     elif kind == "tensorrt":

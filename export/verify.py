@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from segcls.errors import ExportError
+from segcls.runtime.model_info import INPUT_NAME
 
 FP32_PROBS_ATOL = 1e-4
 FP32_MIN_AGREEMENT = 0.999
@@ -118,7 +119,7 @@ def verify_onnx(
         images = make(batch, height, width, rng)
         with torch.inference_mode():
             ref = [t.float().numpy() for t in reference(torch.from_numpy(images))]
-        got = session.run(["labels", "probs", "class_scores"], {"image": images})
+        got = session.run(["labels", "probs", "class_scores"], {INPUT_NAME: images})
         _check_outputs(got, ref, onnx_path)
         scores_diff = np.abs(got[2].astype(np.float32) - ref[2])
         worst["probs"] = max(worst["probs"], float(np.abs(got[1].astype(np.float32) - ref[1]).max()))
@@ -162,8 +163,8 @@ def verify_int8(
     scores_diff = 0.0
     for start in tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False):
         images = tiles[start : start + batch]
-        got = int8.run(["labels", "probs", "class_scores"], {"image": images})
-        ref = fp32.run(["labels", "probs", "class_scores"], {"image": images})
+        got = int8.run(["labels", "probs", "class_scores"], {INPUT_NAME: images})
+        ref = fp32.run(["labels", "probs", "class_scores"], {INPUT_NAME: images})
         _check_outputs(got, ref, int8_path)
         same, total = same + int((got[0] == ref[0]).sum()), total + got[0].size
         scores_diff = max(scores_diff, float(np.abs(got[2] - ref[2]).max()))
@@ -190,7 +191,7 @@ def predict_labels(session, image: np.ndarray) -> np.ndarray:
 
     h, w = image.shape[:2]
     padded = np.pad(image, ((0, -h % INPUT_MULTIPLE), (0, -w % INPUT_MULTIPLE), (0, 0)), mode="edge")
-    labels = session.run(["labels"], {"image": padded[None]})[0][0]
+    labels = session.run(["labels"], {INPUT_NAME: padded[None]})[0][0]
     return np.repeat(np.repeat(labels, NETWORK_STRIDE, axis=0), NETWORK_STRIDE, axis=1)[:h, :w]
 
 

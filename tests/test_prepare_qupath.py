@@ -410,3 +410,19 @@ def test_round_trip_through_segcls_infer_geojson(tmp_path):
             edges = ndimage.morphological_gradient(want, size=3) > 0  # away from region borders
             assert (got == want)[~edges].mean() >= 0.99
             assert (want != 255).mean() > 0.2 and len(np.unique(want[want != 255])) >= 2  # a real test
+
+
+def test_slides_with_and_without_an_mpp_are_not_mixed(tmp_path):
+    """Without --mpp, a slide of unknown scale is cut at 1:1; a later slide with an mpp must not be
+    resampled beside it into one dataset that records that mpp."""
+    folder = sub(tmp_path, "ann")
+    slides = [tmp_path / "A.tif", tmp_path / "B.tif"]
+    write_slide(slides[0], mpp=None)
+    write_slide(slides[1])
+    for path in slides:
+        (folder / f"{path.stem}.geojson").write_text(json.dumps(collection(FEATURES[:2])))
+    r = run(*slides, tmp_path / "ds", "-a", folder, "--quiet")
+    assert r.exit_code != 0 and "B.tif has a microns-per-pixel but an earlier slide has none" in r.output
+    assert not (tmp_path / "ds").exists()
+    r = run(*slides[::-1], tmp_path / "ds", "-a", folder, "--quiet")
+    assert r.exit_code != 0 and "A.tif has no microns-per-pixel in its metadata" in r.output

@@ -570,6 +570,7 @@ def prepare_qupath(
     train = set(split["train"])
 
     target_mpp = mpp
+    read_native = False  # a slide without an mpp was read at its own scale (no --mpp, no --slide-mpp)
     counts: Counter = Counter()
     labeled = dict.fromkeys(class_names, 0)
     split_pieces: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -577,10 +578,16 @@ def prepare_qupath(
         for slide_path in tqdm(slides, desc="QuPath slides", unit="slide", disable=not progress):
             found = files[slide_path]
             with open_slide(slide_path, mpp=slide_mpp) as slide:
-                if target_mpp is None:
+                if target_mpp is None and slide.mpp is not None:
+                    if read_native:  # an earlier slide of unknown scale was cut at 1:1: one dataset, one scale
+                        raise DatasetError(
+                            f"{slide_path} has a microns-per-pixel but an earlier slide has none: "
+                            "pass --mpp and --slide-mpp so that every slide is read at one scale"
+                        )
                     target_mpp = slide.mpp
                 if target_mpp is not None and slide.mpp is None:
                     raise DatasetError(f"{slide_path} has no microns-per-pixel in its metadata; pass --slide-mpp")
+                read_native = target_mpp is None
                 scale = target_mpp / slide.mpp if target_mpp is not None else 1.0
                 check_inside(found.annotations, slide.dimensions, slide_path)
                 size = tuple(max(1, math.floor(d / scale + 1e-6)) for d in slide.dimensions)

@@ -12,7 +12,6 @@ builds FP16 engines and keeps them, and its timing cache, in `~/.cache/segcls/or
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,9 @@ def provider_options(name: str, device_id: int = 0, cache: Path | None = None) -
         # One tile size all slide long: search cuDNN's convolution algorithms once, keep the fastest.
         return {"device_id": str(device_id), "cudnn_conv_algo_search": "EXHAUSTIVE"}
     if name == "TensorrtExecutionProvider":
-        cache = cache or _cache_root() / "ort-tensorrt"
+        from segcls.export.tensorrt import cache_root  # torch-free; the engine cache lives there too
+
+        cache = cache or cache_root() / "ort-tensorrt"
         return {
             "device_id": str(device_id),
             "trt_fp16_enable": "True",
@@ -43,10 +44,6 @@ def provider_options(name: str, device_id: int = 0, cache: Path | None = None) -
             "trt_timing_cache_path": str(cache),
         }
     return {}
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcls"
 
 
 def _import_ort():
@@ -93,9 +90,10 @@ class OnnxRuntimeBackend(Backend):
                 f"ONNX Runtime here has no {', '.join(missing)} (it has {', '.join(available)}): "
                 "pip install 'segcls[gpu-cu12]' (see the README's GPU section)"
             )
-        if "TensorrtExecutionProvider" in names:
-            (_cache_root() / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
         providers = [(p, provider_options(p, self.device_id)) for p in names]
+        for _, opts in providers:  # the TensorRT EP writes its engine and timing caches there
+            if "trt_engine_cache_path" in opts:
+                Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads

@@ -162,7 +162,8 @@ def segcls_run(
     rss = peak_rss_mb()  # before the extra passes below allocate their own buffers
     tiles = _tiles_run(slide_path, backend, opts)
     plan, grid, run_tiles = tiles
-    only = backend_only(backend, _read_batches(slide_path, (plan, grid, run_tiles[:backend_tiles]), opts))
+    sample = run_tiles[:: max(1, len(run_tiles) // backend_tiles)][:backend_tiles]  # spread over the slide
+    only = backend_only(backend, _read_batches(slide_path, (plan, grid, sample), opts))
     reads = read_only(slide_path, tiles, opts, backend.device)
     backend.close()
     run = summary["tiles"]["run"]
@@ -175,31 +176,27 @@ def segcls_run(
         "backend_only": only,
         "read_only": reads,
         "e2e_tiles_per_s": run / summary["timings_s"]["total"],
+        "e2e_mpx_per_s": summary["tiles"]["input_mpx"] / summary["timings_s"]["total"],
     }
 
 
 def _tiles_run(slide_path, backend, opts) -> tuple:
     """(plan, grid, the tiles the pipeline runs), by the pipeline's own choices."""
-    from segcls.runtime.pipeline import _target_mpp, select_tiles
+    from segcls.runtime.pipeline import plan_tiles
     from segcls.runtime.slide import open_slide
-    from segcls.runtime.tiling import TileGrid, plan_read
 
-    slide = open_slide(slide_path, mpp=opts.slide_mpp)
-    plan = plan_read(slide, _target_mpp(backend.description, opts), opts.level)
-    grid = TileGrid(plan.size, opts.tile, opts.overlap, backend.description.stride)
-    _, tiles, _ = select_tiles(slide, grid, plan, opts.tissue)
-    slide.close()
+    with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
+        plan, grid, _, tiles, _ = plan_tiles(slide, backend, opts)
     return plan, grid, tiles
 
 
 def _read_batches(slide_path, planned, opts) -> list[np.ndarray]:
+    from segcls.runtime.pipeline import read_batches
     from segcls.runtime.slide import open_slide
-    from segcls.runtime.tiling import read_tile
 
     plan, _, tiles = planned
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        pixels = np.stack([read_tile(slide, plan, t.x, t.y, opts.tile) for t in tiles])
-    return [pixels[i : i + opts.batch] for i in range(0, len(pixels), opts.batch)]
+        return read_batches(slide, plan, tiles, opts.batch)
 
 
 def read_only(slide_path, planned, opts, device: str = "cpu") -> dict:

@@ -30,6 +30,7 @@ from segcls.atomic import atomic_path
 from segcls.bench.bench_infer import machine, synthetic_slide, versions
 from segcls.runtime.backends import Backend, BackendOutput
 from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.tiling import DEFAULT_OVERLAP
 
 TARGET = 0.8  # e2e >= TARGET x min(backend-only, read-only)
 
@@ -259,7 +260,7 @@ def run_check(
         reference_backend.close()
 
         slide = synthetic_slide(work, slide_px)
-        overlap = 64 if tile >= 512 else 16  # the runtime's default, or what a tiny test tile allows
+        overlap = DEFAULT_OVERLAP if tile >= 512 else 16  # the runtime's default, or what a tiny tile allows
         opts = InferOptions(batch=e2e_batch, tile=tile, overlap=overlap, tissue="none", workers=workers, progress=False)
         read_only = slide_run(slide, NullBackend(description, len(description.classes)), work / "null.mask.tif", opts)
         report["read_only"] = read_only

@@ -35,10 +35,14 @@ def overlap_agreement(
     model: str | Path,
     image: np.ndarray,
     mpp: float,
-    overlaps: tuple[int, ...] = (0, 16, 32, 64, 128),
+    overlaps: tuple[int, ...] = (0, 16, 32, 48, 64, 128),
     tiles: tuple[int, ...] = (512, 1024),
+    tissue: str = "none",
 ) -> list[dict]:
-    """One row per (tile, overlap): labels agreement with whole-image inference and the network work."""
+    """One row per (tile, overlap): labels agreement with whole-image inference and the network work.
+
+    `tissue="auto"`: tissue detection on, so tiles are trimmed to their tissue (`trim_tiles`) and each
+    pixel keeps only its `overlap` of context; agreement is then over the pixels labelled tissue."""
     from PIL import Image
 
     from segcls.runtime.pipeline import InferOptions, infer_slide, open_model
@@ -53,15 +57,17 @@ def overlap_agreement(
         with open_slide(png, mpp=mpp) as slide:
             for tile in tiles:
                 for overlap in overlaps:
-                    opts = InferOptions(tile=tile, overlap=overlap, tissue="none", mpp=mpp, progress=False)
+                    opts = InferOptions(tile=tile, overlap=overlap, tissue=tissue, mpp=mpp, progress=False)
                     result = infer_slide(slide, backend, Path(tmp) / "mask.tif", opts)
                     run = result.summary["tiles"]["run"]
+                    scored = result.labels != 255  # everything without tissue detection
                     rows.append({
                         "tile": tile,
                         "overlap": overlap,
                         "tiles": run,
-                        "agreement": float((result.labels == whole).mean()),
-                        "work": run * tile * tile / (w * h),  # network input px per frame px
+                        "agreement": float((result.labels == whole)[scored].mean()),
+                        "scored": float(scored.mean()),
+                        "work": result.summary["tiles"]["input_mpx"] * 1e6 / (w * h),  # input px per frame px
                         "core_work": (tile / (tile - 2 * overlap)) ** 2,  # the same, away from the edges
                     })  # fmt: skip
     return rows
@@ -78,7 +84,12 @@ def markdown(result: dict, env: dict) -> str:
         machine_line(env),
         "",
         f"Region {result['region']} of `{Path(result['slide']).name}` read at {result['mpp']} um/px "
-        f"({result['size'][0]} x {result['size'][1]} px); model `{Path(result['model']).name}`.",
+        f"({result['size'][0]} x {result['size'][1]} px); model `{Path(result['model']).name}`; "
+        + (
+            "tissue detection on, tiles trimmed to it, agreement over tissue pixels."
+            if result.get("tissue") == "auto"
+            else "no tissue detection, agreement over every pixel."
+        ),
         "",
         "| tile | overlap | tiles | labels agreement vs whole image | network work per px (this region) "
         "| per px, large slide |",
@@ -98,11 +109,18 @@ def markdown(result: dict, env: dict) -> str:
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
 @click.option("--size", default=2048, show_default=True, help="Side of the region, read-frame px.")
 @click.option("--at", default=None, help="X,Y: the region's top left, level-0 px [default: the slide's centre].")
-@click.option("--overlaps", default="0,16,32,64,128", show_default=True)
+@click.option("--overlaps", default="0,16,32,48,64,128", show_default=True)
 @click.option("--tiles", default="512,1024", show_default=True)
+@click.option(
+    "--tissue",
+    type=click.Choice(["none", "auto"]),
+    default="none",
+    show_default=True,
+    help="auto: tissue detection, tiles trimmed to it; agreement over the tissue pixels.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
 @handle_errors
-def overlap_command(slide, model, mpp, size, at, overlaps, tiles, json_path) -> None:
+def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_path) -> None:
     """Labels agreement of tiled vs whole-image inference per overlap and tile size, on a region of SLIDE."""
     from segcls.runtime.model_info import read_model_info
     from segcls.runtime.slide import open_slide
@@ -115,13 +133,15 @@ def overlap_command(slide, model, mpp, size, at, overlaps, tiles, json_path) -> 
         x0, y0 = (int(v) for v in at.split(",")) if at else (w0 // 2, h0 // 2)
         x, y = round(x0 / plan.scale) - size // 2 * (at is None), round(y0 / plan.scale) - size // 2 * (at is None)
         image = read_tile(s, plan, x, y, size)
-    rows = overlap_agreement(model, image, mpp, tuple(map(int, overlaps.split(","))), tuple(map(int, tiles.split(","))))
+    sizes = tuple(map(int, tiles.split(",")))
+    rows = overlap_agreement(model, image, mpp, tuple(map(int, overlaps.split(","))), sizes, tissue)
     result = {
         "slide": str(slide),
         "model": str(model),
         "mpp": mpp,
         "region": [x, y, size, size],
         "size": [size, size],
+        "tissue": tissue,
         "rows": rows,
         "choice": {t: choose(rows, t) for t in map(int, tiles.split(","))},
     }

@@ -19,6 +19,7 @@ from segcls.bench.bench_infer import command_line, environment, machine_line, wr
 from segcls.cli._common import handle_errors
 from segcls.description import ModelDescription
 from segcls.runtime.backends.base import Backend, BackendOutput
+from segcls.runtime.tiling import DEFAULT_OVERLAP
 
 
 class NullBackend(Backend):
@@ -81,7 +82,7 @@ def reader_scaling(
     workers: list[int],
     mpp: float | None = None,
     tile: int = 1024,
-    overlap: int = 64,
+    overlap: int = DEFAULT_OVERLAP,
     rounds: int = 3,
     max_tiles: int = 64,
     decoders: tuple[str, ...] = ("segcls",),
@@ -151,7 +152,7 @@ def markdown(results: list[dict], env: dict) -> str:
 @click.option("--workers", default="1,2,4", show_default=True, help="Reader thread counts, comma-separated.")
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the slide's level 0].")
 @click.option("--tile", default=1024, show_default=True)
-@click.option("--overlap", default=64, show_default=True)
+@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 @click.option("--max-tiles", default=64, show_default=True, help="Tiles read per measurement.")
 @click.option(

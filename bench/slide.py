@@ -8,7 +8,8 @@ range over rounds are reported: on a shared machine the load moves between round
 
     segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [--json F]
 
-JSON keys: `e2e_over_backend` (pipeline tiles/s over the backend alone on the same tiles in memory),
+JSON keys: `e2e_over_backend` (pipeline Mpx/s of network input over the backend alone on a sample of the
+same tiles in memory; trimmed tiles differ in size, so pixels, not tiles, are the unit),
 `e2e_over_read` (over the readers alone), `speedup_vs_plain_loop`, `speedup_vs_sliding_window` (the
 baseline's seconds over segcls'), each {median, min, max}, and per method the times, tiles run and peak
 RSS; for segcls the pipeline's per-stage times (read+decode, tissue, inference, stitch, write).
@@ -31,16 +32,22 @@ from segcls.bench.bench_infer import command_line, environment, machine_line, wr
 from segcls.cli._common import handle_errors
 from segcls.errors import SegclsError
 
-METHODS = ("segcls", "plain", "window")
+METHODS = ("segcls", "plain", "window", "before")
+DEFAULT_METHODS = METHODS[:3]
 LABELS = {
     "segcls": "segcls-infer (defaults)",
+    "before": "segcls-infer as before (--before options; default --no-trim)",
     "plain": "plain loop: read_region per 1024 px tile, ORT batch 1, numpy canvas, tifffile.imwrite",
     "window": "MONAI sliding_window_inference (roi 1024, overlap 1/16, gaussian), ORT predictor",
 }
 
 
-def run_method(method: str, slide: Path, model: Path, out: Path, mpp: float | None, options: dict) -> dict:
+def run_method(
+    method: str, slide: Path, model: Path, out: Path, mpp: float | None, options: dict, before: dict | None = None
+) -> dict:
     """One method in a fresh Python process; its JSON line plus the wall time seen from outside."""
+    if method == "before":  # segcls with other settings (`before`), for a before/after in one run
+        method, options = "segcls", {**options, **(before or {"trim": False})}
     cmd = [sys.executable, "-m", "segcls.bench.baselines", method, str(slide), str(model), str(out)]
     if mpp is not None:
         cmd += ["--mpp", str(mpp)]
@@ -70,6 +77,7 @@ def bench_slide(
     options: dict | None = None,
     keep_masks: Path | None = None,
     baseline_model: str | Path | None = None,
+    before: dict | None = None,
 ) -> dict:
     """Alternate `methods` over `rounds`; per-round ratios, medians and ranges. See the module docstring.
 
@@ -86,9 +94,12 @@ def bench_slide(
         for r in range(rounds):
             order = methods if r % 2 == 0 else methods[::-1]  # no method always runs first or last
             for method in order:
-                used = model if method == "segcls" else baseline
-                runs[method].append(run_method(method, slide, used, folder / f"{method}.tif", mpp, options or {}))
+                used = model if method in ("segcls", "before") else baseline
+                out = folder / f"{method}.tif"
+                runs[method].append(run_method(method, slide, used, out, mpp, options or {}, before))
     result = summarize(slide, model, runs, rounds, options or {})
+    if "before" in runs:
+        result["before"] = before or {"trim": False}
     result["baseline_model"] = str(baseline)
     return result
 
@@ -101,14 +112,15 @@ def summarize(slide: Path, model: Path, runs: dict[str, list[dict]], rounds: int
         "rounds": rounds,
         "options": options,
         "read_size": segcls[0]["size"],
-        "e2e_over_backend": _spread([s["e2e_tiles_per_s"] / s["backend_only"]["tiles_per_s"] for s in segcls]),
+        "e2e_over_backend": _spread([s["e2e_mpx_per_s"] / s["backend_only"]["mpx_per_s"] for s in segcls]),
         "e2e_over_read": _spread([s["e2e_tiles_per_s"] / s["read_only"]["tiles_per_s"] for s in segcls]),
     }
-    for method, key in (("plain", "speedup_vs_plain_loop"), ("window", "speedup_vs_sliding_window")):
+    baselines = (("plain", "speedup_vs_plain_loop"), ("window", "speedup_vs_sliding_window"))
+    for method, key in (*baselines, ("before", "speedup_vs_before")):
         if method in runs:
             result[key] = _spread([b["seconds"] / s["seconds"] for b, s in zip(runs[method], segcls, strict=True)])
         else:
-            result[key] = None  # MONAI not installed
+            result[key] = None  # not asked for, or MONAI not installed
     result["methods"] = {
         m: {
             "label": LABELS[m],
@@ -164,7 +176,8 @@ def markdown(result: dict, env: dict) -> str:
         )
         + f"; {result['rounds']} rounds alternating the methods, each run in "
         f"its own process; median (range). segcls: {seg['backend']} on {seg['device']}, {seg['readers']} "
-        f"reader thread(s), {tiles['run']} of {tiles['total']} tiles run.",
+        f"reader thread(s), {tiles['run']} of {tiles['total']} tiles run"
+        + (f", {tiles['input_mpx']:.1f} Mpx of network input (trimmed tiles)." if "input_mpx" in tiles else "."),
         "",
         "| method | seconds (model load to mask written) | process wall s | tiles run | peak RSS MB |",
         "|---|---|---|---|---|",
@@ -186,7 +199,9 @@ def markdown(result: dict, env: dict) -> str:
         "|---|---|",
         f"| speedup vs plain loop | {fmt(result['speedup_vs_plain_loop'], 'x')} |",
         f"| speedup vs sliding window | {fmt(result['speedup_vs_sliding_window'], 'x')} |",
-        f"| e2e / backend-only tiles/s | {fmt(result['e2e_over_backend'])} |",
+        f"| speedup vs segcls before ({_options_text(result.get('before'))}) | "
+        f"{fmt(result['speedup_vs_before'], 'x')} |",
+        f"| e2e / backend-only Mpx/s | {fmt(result['e2e_over_backend'])} |",
         f"| e2e / read-only tiles/s | {fmt(result['e2e_over_read'])} |",
         "",
         f"segcls tiles/s: e2e {fmt(seg['e2e_tiles_per_s'])}, backend-only {fmt(seg['backend_only_tiles_per_s'])}, "
@@ -199,6 +214,22 @@ def markdown(result: dict, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key_values(items: tuple[str, ...]) -> dict:
+    """KEY=JSON pairs (e.g. overlap=64, trim=false) as a dict."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise click.BadParameter(f"{item!r} is not KEY=JSON (e.g. overlap=64 or trim=false)") from None
+    return out
+
+
+def _options_text(options: dict | None) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in (options or {}).items())
+
+
 @click.command("slide")
 @click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -208,21 +239,28 @@ def markdown(result: dict, env: dict) -> str:
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
 @click.option(
     "--methods",
-    default=",".join(METHODS),
+    default=",".join(DEFAULT_METHODS),
     show_default=True,
-    help="Comma-separated subset of segcls,plain,window (segcls is always run).",
+    help="Comma-separated subset of segcls,plain,window,before (segcls is always run; before: segcls with "
+    "the --before options, the before of a before/after).",
 )
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="An InferOptions field for segcls.")
+@click.option(
+    "--before",
+    "before",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="An InferOptions field for the 'before' method, over --option [default: trim=false].",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
 @handle_errors
-def slide_command(slide, model, baseline_model, mpp, rounds, methods, options, json_path) -> None:
+def slide_command(slide, model, baseline_model, mpp, rounds, methods, options, before, json_path) -> None:
     """segcls-infer vs the plain loop and the whole-frame sliding window on SLIDE: wall, tiles, peak RSS."""
     chosen = tuple(m for m in METHODS if m == "segcls" or m in methods.split(","))
-    opts = {}
-    for item in options:
-        key, _, value = item.partition("=")
-        opts[key] = json.loads(value)
-    result = bench_slide(slide, model, mpp, rounds, chosen, opts, baseline_model=baseline_model)
+    result = bench_slide(
+        slide, model, mpp, rounds, chosen, _key_values(options), baseline_model=baseline_model,
+        before=_key_values(before) or None,
+    )  # fmt: skip
     env = environment()
     text = markdown(result, env)
     click.echo(text)

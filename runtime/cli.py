@@ -14,6 +14,7 @@ from segcls.cli._common import handle_errors
 from segcls.errors import SegclsError
 from segcls.runtime.backends import BACKENDS, PRECISIONS
 from segcls.runtime.stitch import STITCH_MODES
+from segcls.runtime.tiling import DEFAULT_OVERLAP
 
 SLIDE_SUFFIXES = {
     ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
@@ -124,7 +125,7 @@ def _extra_option(kind: str, what: str):
 )
 @click.option("--batch", default=4, show_default=True, help="Tiles per inference call.")
 @click.option("--tile", default=1024, show_default=True, help="Tile side at the read resolution, px (x16).")
-@click.option("--overlap", default=64, show_default=True, help="Context on each side of a tile, px (x16).")
+@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True, help="Context on each side of a tile, px (x16).")
 @click.option(
     "--stitch",
     type=click.Choice(STITCH_MODES),
@@ -142,6 +143,14 @@ def _extra_option(kind: str, what: str):
     show_default=True,
     metavar="auto|none|PATH",
     help="Tissue detection on a thumbnail, every tile, or a mask image (nonzero = tissue).",
+)
+@click.option(
+    "--trim/--no-trim",
+    default=True,
+    show_default=True,
+    help="CPU backends, crop stitching: run each tile cut down to the tissue in its centre, split where "
+    "the tissue is scattered (same --overlap of context per pixel, less network work); --no-trim runs "
+    "whole tiles.",
 )
 @_extra_option("overlay", "a thumbnail PNG with the labels drawn over it")
 @_extra_option("geojson", "the regions as QuPath GeoJSON (level-0 px)")

@@ -37,6 +37,7 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ from segcls.description import ModelDescription
 from segcls.errors import ModelError, SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
 from segcls.runtime.stitch import STITCH_MODES, make_stitcher
-from segcls.runtime.tiling import ReadPlan, Tile, TileGrid, plan_read, read_tile, tissue_in_box
+from segcls.runtime.tiling import DEFAULT_OVERLAP, ReadPlan, Tile, TileGrid, plan_read, read_tile, tissue_in_box
 
 THUMBNAIL_SIZE = 2048
 
@@ -61,13 +62,14 @@ class InferOptions:
     backend: str = "auto"
     batch: int = 4
     tile: int = 1024  # read-frame px, context included
-    overlap: int = 64  # read-frame px of context on each side, multiple of 16
+    overlap: int = DEFAULT_OVERLAP  # read-frame px of context on each side, multiple of 16 (docs/overlap.md)
     stitch: str = "crop"  # crop | blend
     mpp: float | None = None  # target resolution; default the model's training mpp
     slide_mpp: float | None = None  # overrides the slide's own mpp
     level: int | None = None  # read this level as is (no resampling)
     out_mpp: float | None = None  # mask resolution; default the slide's level 0
     tissue: str | Path = "auto"  # auto | none | mask image path
+    trim: bool = True  # CPU backend, crop stitching: tiles trimmed to their tissue and the frame (trim_tiles)
     overlay: Path | None = None
     geojson: Path | None = None
     geojson_per_region: bool = False  # one feature per region instead of one MultiPolygon per class
@@ -211,11 +213,8 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
 
     t_start = time.perf_counter()
     description = backend.description
-    plan = plan_read(slide, _target_mpp(description, opts), opts.level)
-    grid = TileGrid(plan.size, opts.tile, opts.overlap, description.stride)
-    t0 = time.perf_counter()
-    keep, tiles, tissue = select_tiles(slide, grid, plan, opts.tissue)
-    t_tissue = time.perf_counter() - t0
+    plan, grid, keep, tiles, tissue = plan_tiles(slide, backend, opts)
+    t_tissue = time.perf_counter() - t_start
 
     labels = np.full(grid.map_shape, 255, dtype=np.uint8)
     probs = None
@@ -279,6 +278,17 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
     return SlideResult(Path(getattr(slide, "path", name)), outputs, summary, labels)
 
 
+def plan_tiles(slide, backend: Backend, opts: InferOptions) -> tuple:
+    """(read plan, grid, keep(box) or None, the tiles to run, the tissue thumbnail or None): everything the
+    pipeline decides before reading a pixel; the benchmarks call it to run exactly the pipeline's tiles."""
+    plan = plan_read(slide, _target_mpp(backend.description, opts), opts.level)
+    grid = TileGrid(plan.size, opts.tile, opts.overlap, backend.description.stride)
+    keep, tiles, thumb = select_tiles(slide, grid, plan, opts.tissue)
+    if opts.trim and opts.stitch == "crop" and backend.device.lower().startswith("cpu"):
+        tiles = trim_tiles(grid, tiles, keep)
+    return plan, grid, keep, tiles, thumb
+
+
 def select_tiles(slide, grid: TileGrid, plan: ReadPlan, source) -> tuple:
     """(keep(box) or None, tiles to run, the thumbnail the tissue was found on or None)."""
     if str(source) == "none":
@@ -296,6 +306,49 @@ def select_tiles(slide, grid: TileGrid, plan: ReadPlan, source) -> tuple:
         return tissue_in_box(box, grid, plan, tissue.mask, tissue.downsample)
 
     return keep, tiles, thumb
+
+
+def trim_tiles(grid: TileGrid, tiles: list[Tile], keep, splits: int = 2) -> list[Tile]:
+    """Each tile trimmed (`TileGrid.trim`) to the box around its core's tissue (the whole core without a
+    tissue mask); a tile whose core holds no tissue at the label map's resolution is dropped.
+
+    Where the tissue is scattered, the box is split in four, up to `splits` times, whenever the trimmed
+    inputs of the parts are smaller in all than the one of the whole (each part carries its own
+    `overlap` of context). For a CPU backend in crop mode: a CPU runs a smaller input proportionally
+    faster (bench/results/cpu-2core-trim-shapes.md), while a GPU wants one input shape (engine profiles,
+    cuDNN autotuning, full batches), and blending needs whole tiles.
+    """
+    trimmed = []
+    for t in tiles:
+        core = grid.core(t)
+        if keep is None:
+            trimmed.append(grid.trim(t, core))
+            continue
+        trimmed += [grid.trim(t, box) for box in _tissue_boxes(grid, t, keep(core), core[:2], splits)]
+    return trimmed
+
+
+def _tissue_boxes(grid: TileGrid, t: Tile, tissue: np.ndarray, at: tuple[int, int], splits: int) -> list[tuple]:
+    """Label-map boxes covering the True pixels of `tissue` (whose top left is map pixel `at`) that make
+    the least network input: the bounding box, or its four quarters' boxes if they cost less."""
+    rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
+    if not rows.size:
+        return []
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    box = (at[0] + c0, at[1] + r0, at[0] + c1, at[1] + r1)
+    if splits == 0 or (r1 - r0 < 2 and c1 - c0 < 2):
+        return [box]
+    hr, hc = (r1 - r0) // 2, (c1 - c0) // 2
+    parts = []
+    for a, b in ((r0, r0 + hr), (r0 + hr, r1)):
+        for c, d in ((c0, c0 + hc), (c0 + hc, c1)):
+            if b > a and d > c:
+                parts += _tissue_boxes(grid, t, tissue[a:b, c:d], (at[0] + c, at[1] + a), splits - 1)
+
+    def cost(boxes: list[tuple]) -> int:
+        return sum(w.width * w.height for w in (grid.trim(t, b) for b in boxes))
+
+    return parts if cost(parts) < cost([box]) else [box]
 
 
 def _mask_size(slide, out_mpp: float | None) -> tuple[tuple[int, int], float | None]:
@@ -323,38 +376,42 @@ def _infer_tiles(
     timings = dict.fromkeys(("read", "wait", "infer", "stitch"), 0.0)
     scores = None
     readers = reader_budget(opts.workers, backend.device)
-    batches = iter([tiles[i : i + opts.batch] for i in range(0, len(tiles), opts.batch)])
+    batches = batch_tiles(tiles, opts.batch)
     shape = (min(opts.batch, max(len(tiles), 1)), grid.tile, grid.tile, 3)
     free = [np.empty(shape, dtype=np.uint8) for _ in range(3 + opts.prefetch)]
     pool = ThreadPoolExecutor(readers, thread_name_prefix="segcls-read")
-    pending: deque = deque()  # (tiles, buffer, futures of the tiles' reads), in reading order
+    pending: deque = deque()  # (tiles, buffer, pixels, futures of the tiles' reads), in reading order
     in_flight: deque = deque()  # (tiles, buffer) handed to the backend whose outputs have not come back
 
-    def read_into(buffer: np.ndarray, i: int, t: Tile) -> float:
+    def read_into(pixels: np.ndarray, i: int, t: Tile) -> float:
         t0 = time.perf_counter()
-        buffer[i] = _read(slide, plan, t, grid.tile)
+        pixels[i] = _read(slide, plan, t)
         return time.perf_counter() - t0
+
+    def start(batch: list[Tile], buffer: np.ndarray) -> None:
+        # The batch's pixels: the front of the buffer as one contiguous (B, H, W, 3) array.
+        n, h, w = len(batch), batch[0].height, batch[0].width
+        pixels = buffer.reshape(-1)[: n * h * w * 3].reshape(n, h, w, 3)
+        pending.append((batch, buffer, pixels, [pool.submit(read_into, pixels, i, t) for i, t in enumerate(batch)]))
 
     def submit() -> None:
         while free and (batch := next(batches, None)) is not None:
-            buffer = free.pop()
-            pending.append((batch, buffer, [pool.submit(read_into, buffer, i, t) for i, t in enumerate(batch)]))
+            start(batch, free.pop())
 
     def pixel_batches():
         while True:
             submit()
             if not pending and (batch := next(batches, None)) is not None:
                 # Only a backend holding more batches than the ring has gets here: one more buffer.
-                buffer = np.empty(shape, dtype=np.uint8)
-                pending.append((batch, buffer, [pool.submit(read_into, buffer, i, t) for i, t in enumerate(batch)]))
+                start(batch, np.empty(shape, dtype=np.uint8))
             if not pending:
                 return
-            batch, buffer, futures = pending.popleft()
+            batch, buffer, pixels, futures = pending.popleft()
             t0 = time.perf_counter()
             timings["read"] += sum(f.result() for f in futures)
             timings["wait"] += time.perf_counter() - t0
             in_flight.append((batch, buffer))
-            yield buffer[: len(batch)]
+            yield pixels
 
     bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not opts.progress, leave=False)
     try:
@@ -381,9 +438,26 @@ def _infer_tiles(
     return timings, scores
 
 
-def _read(slide, plan: ReadPlan, t: Tile, size: int) -> np.ndarray:
+def batch_tiles(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
+    """Runs of consecutive tiles of one input size, `size` at most: each batch is one array."""
+    batch: list[Tile] = []
+    for t in tiles:
+        if batch and (len(batch) == size or (t.width, t.height) != (batch[0].width, batch[0].height)):
+            yield batch
+            batch = []
+        batch.append(t)
+    if batch:
+        yield batch
+
+
+def read_batches(slide, plan: ReadPlan, tiles: list[Tile], size: int) -> list[np.ndarray]:
+    """`tiles` read into memory as the pipeline batches them (for timing a backend on its own)."""
+    return [np.stack([_read(slide, plan, t) for t in batch]) for batch in batch_tiles(tiles, size)]
+
+
+def _read(slide, plan: ReadPlan, t: Tile) -> np.ndarray:
     try:
-        return read_tile(slide, plan, t.x, t.y, size)
+        return read_tile(slide, plan, t.x, t.y, t.width, t.height)
     except SegclsError:
         raise
     except Exception as e:  # a reader library's own error for a damaged region
@@ -415,7 +489,12 @@ def _summary(slide, backend, plan, grid, tiles, labels, scores, timings, seconds
         "tile": grid.tile,
         "overlap": grid.overlap,
         "stitch": opts.stitch,
-        "tiles": {"total": len(grid), "run": len(tiles), "skipped": len(grid) - len(tiles)},
+        "tiles": {
+            "total": len(grid),
+            "run": len(tiles),  # network inputs: a trimmed tile may be split into several
+            "skipped": len(grid) - len({(t.row, t.col) for t in tiles}),
+            "input_mpx": round(sum(t.width * t.height for t in tiles) / 1e6, 3),  # the network's work
+        },
         "area_mm2": area,
         "tissue_mm2": round(float(counts[: len(description.classes)].sum()) * px_mm2, 6) if px_mm2 else None,
         "slide_class": slide_class,

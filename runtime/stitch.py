@@ -59,14 +59,23 @@ class CropStitcher:
         self.row = 0  # tile row of the last tile added: map rows above its core are final
 
     def add(self, tile: Tile, labels: np.ndarray, probs: np.ndarray | None = None) -> None:
-        """`labels` (tile/8, tile/8) uint8 and `probs` (C, tile/8, tile/8) of one tile."""
-        x0, y0, x1, y1 = self.grid.core(tile)
+        """`labels` (height/8, width/8) uint8 and `probs` (C, height/8, width/8) of one tile.
+
+        A tile owns the part of its core that lies at least `overlap` px inside its input: the whole core
+        for a whole tile, the tissue it was trimmed to for a trimmed one (`pipeline.trim_tiles`). The rest
+        of the map is left as it is: 255 until a tile owns it.
+        """
+        cx0, cy0, cx1, cy1 = self.grid.core(tile)
         if tile.row < self.row:
             raise ValueError(f"tile row {tile.row} came after row {self.row}: rows above were reported final")
         if tile.row > self.row:
             self.row = tile.row
-            self.on_final(y0)
+            self.on_final(cy0)
         ox, oy = self.grid.origin(tile)
+        m, (h, w) = self.grid.overlap // self.grid.stride, labels.shape
+        x0, y0, x1, y1 = max(cx0, ox + m), max(cy0, oy + m), min(cx1, ox + w - m), min(cy1, oy + h - m)
+        if x1 <= x0 or y1 <= y0:
+            return
         sy, sx = slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
         out = labels[sy, sx]
         if self.keep is not None:

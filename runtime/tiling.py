@@ -19,6 +19,10 @@ from PIL import Image
 from segcls.description import INPUT_MULTIPLE, NETWORK_STRIDE
 from segcls.errors import SegclsError, SlideError
 
+# The default context on each side of a tile: the least that keeps tiled labels >= 99.5 % equal to
+# whole-image labels at tile 1024 on a trained model (docs/overlap.md).
+DEFAULT_OVERLAP = 48
+
 # Two resolutions closer than this (relative) are the same: no resampling.
 _MPP_TOLERANCE = 0.02
 
@@ -72,10 +76,14 @@ def plan_read(slide, target_mpp: float | None, level: int | None = None) -> Read
 
 
 class Tile(NamedTuple):
+    """One network input: grid cell (row, col) and the read-frame box it runs on."""
+
     row: int
     col: int
-    x: int  # read-frame top-left of the whole tile (context included); may be negative
+    x: int  # read-frame top-left of the input (context included); may be negative
     y: int
+    width: int  # input size, read-frame px: the grid's tile, or less once trimmed (`TileGrid.trim`)
+    height: int
 
 
 @dataclass(frozen=True)
@@ -125,16 +133,38 @@ class TileGrid:
         rows, cols = self.shape
         for r in range(rows):
             for c in range(cols):
-                yield Tile(r, c, c * self.step - self.overlap, r * self.step - self.overlap)
+                x, y = c * self.step - self.overlap, r * self.step - self.overlap
+                yield Tile(r, c, x, y, self.tile, self.tile)
 
     def core(self, t: Tile) -> tuple[int, int, int, int]:
         """The label-map box (x0, y0, x1, y1) this tile owns in crop stitching (clipped to the map)."""
         s, h, w = self.step // self.stride, *self.map_shape
         return t.col * s, t.row * s, min((t.col + 1) * s, w), min((t.row + 1) * s, h)
 
+    def trim(self, t: Tile, box: tuple[int, int, int, int] | None = None) -> Tile:
+        """The smallest input that still gives every label-map pixel of `box` (default: the tile's core)
+        `overlap` px of context: `box` grown by `overlap`, on the 16 px grid, inside the whole tile.
+
+        Network work is proportional to input area, so this is what a tile whose core is mostly glass, or
+        is cut short by the frame's far edge, should cost. Beyond the frame the context stays white glass,
+        as for a whole tile. Map pixels of the core outside the trimmed input come back as not tissue
+        (`CropStitcher`), so `box` must hold all of the core's tissue.
+        """
+        cx0, cy0, cx1, cy1 = box or self.core(t)
+        s, o = self.stride, self.overlap
+        x0 = (cx0 * s - o) // INPUT_MULTIPLE * INPUT_MULTIPLE
+        y0 = (cy0 * s - o) // INPUT_MULTIPLE * INPUT_MULTIPLE
+        x1 = min(t.x + self.tile, x0 + _round_up(cx1 * s + o - x0))
+        y1 = min(t.y + self.tile, y0 + _round_up(cy1 * s + o - y0))
+        return t._replace(x=x0, y=y0, width=x1 - x0, height=y1 - y0)
+
     def origin(self, t: Tile) -> tuple[int, int]:
         """Label-map (x, y) of the tile's output pixel (0, 0)."""
         return t.x // self.stride, t.y // self.stride
+
+
+def _round_up(n: int) -> int:
+    return -(-n // INPUT_MULTIPLE) * INPUT_MULTIPLE
 
 
 def tissue_in_box(
@@ -149,19 +179,21 @@ def tissue_in_box(
     return mask[np.ix_(iy, ix)]
 
 
-def read_tile(slide, plan: ReadPlan, x: int, y: int, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 RGB of the read frame at (x, y); outside the slide is white."""
+def read_tile(slide, plan: ReadPlan, x: int, y: int, size: int, height: int | None = None) -> np.ndarray:
+    """(height, size, 3) uint8 RGB of the read frame at (x, y), square by default; outside the slide
+    is white."""
+    height = height or size
     if not plan.resample:
         loc = (math.ceil(x * plan.scale), math.ceil(y * plan.scale))  # floor(loc / ds) == x
-        return np.asarray(slide.read_region(loc, plan.level, (size, size)))
+        return np.asarray(slide.read_region(loc, plan.level, (size, height)))
     # Read the covering region at the level, then resample it to the read frame (PIL's bilinear
     # filter widens its support when reducing, so it antialiases).
     ds = plan.level_downsample
     lx, ly = x * plan.scale / ds, y * plan.scale / ds  # tile origin in level px (fractional)
-    n = size * plan.scale / ds
+    nx, ny = size * plan.scale / ds, height * plan.scale / ds
     ix, iy = math.floor(lx), math.floor(ly)
-    rw, rh = math.ceil(lx + n) - ix + 1, math.ceil(ly + n) - iy + 1
+    rw, rh = math.ceil(lx + nx) - ix + 1, math.ceil(ly + ny) - iy + 1
     region = np.asarray(slide.read_region((math.ceil(ix * ds), math.ceil(iy * ds)), plan.level, (rw, rh)))
-    box = (lx - ix, ly - iy, lx - ix + n, ly - iy + n)
-    out = Image.fromarray(region).resize((size, size), Image.Resampling.BILINEAR, box=box)
+    box = (lx - ix, ly - iy, lx - ix + nx, ly - iy + ny)
+    out = Image.fromarray(region).resize((size, height), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out)

@@ -53,24 +53,44 @@ def test_sliding_window_writes_a_mask_of_the_read_frame(model, tmp_path):
 def test_bench_slide_json_has_its_keys(model, tmp_path):
     out = tmp_path / "bench.json"
     args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "--json", str(out)]
-    args += ["--option", "tile=256", "--option", "overlap=32"]
+    args += ["--option", "tile=256", "--option", "overlap=32", "--methods", "plain,window,before"]
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     result = json.loads(out.read_text())
     for key in ("e2e_over_backend", "e2e_over_read", "speedup_vs_plain_loop", "speedup_vs_sliding_window"):
         assert key in result
-    for key in ("e2e_over_backend", "e2e_over_read", "speedup_vs_plain_loop"):
+    for key in ("e2e_over_backend", "e2e_over_read", "speedup_vs_plain_loop", "speedup_vs_before"):
         assert result[key]["median"] > 0
     assert (result["speedup_vs_sliding_window"] is not None) == HAVE_MONAI
     methods = result["methods"]
-    assert methods["segcls"]["tiles"] == 12  # 554 x 741 in 256 px tiles with 192 px cores: 3 x 4
+    assert result["segcls"]["tiles"]["total"] == 12  # 554 x 741 in 256 px tiles with 192 px cores: 3 x 4
+    assert methods["segcls"]["tiles"] == result["segcls"]["tiles"]["run"] >= 1  # network inputs, split or not
     assert methods["plain"]["tiles"] == 1
+    # the before of the before/after: the same tiles run whole, more network input than trimmed
+    assert methods["before"]["tiles"] == 12 and result["before"] == {"trim": False}
+    trimmed, whole = (result["runs"][m][0]["summary"]["tiles"]["input_mpx"] for m in ("segcls", "before"))
+    assert whole == pytest.approx(12 * 256**2 / 1e6, abs=1e-3) and trimmed < whole
     for m in methods.values():
         assert m["mask_size"] == [554, 741] and m["peak_rss_mb"]["median"] > 0
     stages = result["segcls_stages_s"]
     assert set(stages) >= {"read+decode (reader threads)", "tissue", "inference", "stitch", "write", "total"}
     assert result["environment"]["versions"]["onnxruntime"]
     assert "speedup vs plain loop" in out.with_suffix(".md").read_text()
+
+
+def test_bench_slide_before_runs_its_own_options_and_refuses_bad_ones(model, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "--json", str(out)]
+    args += ["--option", "tile=256", "--methods", "before", "--before", "overlap=64", "--before", "trim=false"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    result = json.loads(out.read_text())
+    assert result["before"] == {"overlap": 64, "trim": False}
+    assert result["runs"]["before"][0]["summary"]["tiles"]["total"] == 30  # 256 px tiles, 128 px cores: 5 x 6
+    assert result["runs"]["segcls"][0]["summary"]["tiles"]["total"] == 20  # the default overlap 48: 4 x 5
+    assert "before (overlap=64, trim=false)" in out.with_suffix(".md").read_text()
+    bad = CliRunner().invoke(main, [*args[:8], "--before", "overlap=sixty"])
+    assert bad.exit_code == 2 and "not KEY=JSON" in bad.output
 
 
 def test_bench_slide_reports_a_failed_method_in_one_line(tmp_path):
@@ -104,3 +124,20 @@ def test_baselines_run_the_baseline_model(monkeypatch, tmp_path):
     result = bench.bench_slide(CMU, "int8.onnx", rounds=2, methods=("segcls", "plain"), baseline_model="fp32.onnx")
     assert ran == [("segcls", "int8.onnx"), ("plain", "fp32.onnx"), ("plain", "fp32.onnx"), ("segcls", "int8.onnx")]
     assert result["baseline_model"] == "fp32.onnx"
+
+
+def test_overlap_study_rows_with_and_without_trimming(model):
+    from _runtime_models import tissue_image
+
+    from segcls.bench.overlap import choose, overlap_agreement
+
+    image = tissue_image(384, 384, seed=2)
+    rows = {t: overlap_agreement(model, image, 2.0, (0, 32), (128,), tissue=t) for t in ("none", "auto")}
+    for r in rows["none"] + rows["auto"]:
+        assert 0 <= r["agreement"] <= 1 and r["work"] > 0 and r["tile"] == 128
+    assert [r["scored"] for r in rows["none"]] == [1.0, 1.0]  # every pixel is scored without a tissue mask
+    assert all(0.1 < r["scored"] < 1 for r in rows["auto"])
+    # trimmed to the tissue, the same overlap runs less network input
+    assert all(a["work"] < n["work"] for a, n in zip(rows["auto"], rows["none"], strict=True))
+    assert rows["none"][1]["agreement"] > rows["none"][0]["agreement"]  # context helps
+    assert choose(rows["none"], 128, needed=0.0)["overlap"] == 0  # least work when everything passes

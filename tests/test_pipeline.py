@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 from _runtime_models import exported_onnx, tissue_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from segcls.errors import SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
@@ -377,3 +379,123 @@ def test_workers_auto_budget():
     for bad in ("many", 0):
         with pytest.raises(SegclsError, match="--workers"):
             InferOptions(workers=bad)
+
+
+def test_trimmed_tiles_cost_less_and_agree_with_whole_image_inference(backend, tmp_path):
+    """Tiles cut down to their cores' tissue run less network input, and every tissue pixel still agrees
+    with whole-image inference as well as whole tiles do."""
+    image = tissue_image(704, 832, seed=5)  # white glass with blobs: many cores are mostly glass
+    padded = np.pad(image, ((PAD, PAD), (PAD, PAD), (0, 0)), constant_values=255)
+    p = PAD // 8
+    expected = backend.infer(padded[None]).labels[0, p : p + 88, p : p + 104]
+    runs = {}
+    for trim in (False, True):
+        opts = InferOptions(tile=384, overlap=128, trim=trim, progress=False)
+        runs[trim] = infer_slide(ArraySlide(image), backend, tmp_path / f"{trim}.tif", opts)
+    whole, trimmed = runs[False], runs[True]
+    tissue = whole.labels != 255
+    assert 0.1 < tissue.mean() < 0.9
+    np.testing.assert_array_equal(trimmed.labels != 255, tissue)  # trimming loses no tissue pixel
+    assert (whole.labels[tissue] == expected[tissue]).mean() >= 0.995
+    assert (trimmed.labels[tissue] == expected[tissue]).mean() >= 0.995
+    cost = {k: r.summary["tiles"]["input_mpx"] for k, r in runs.items()}
+    assert cost[True] < 0.8 * cost[False]
+    assert cost[False] == pytest.approx(whole.summary["tiles"]["run"] * 384**2 / 1e6, abs=1e-3)
+
+
+class GpuColourBackend(ColourBackend):
+    """ColourBackend as if on a GPU, recording the input sizes it is given."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.where, self.sizes = device, set()
+
+    def infer(self, batch):
+        self.sizes.add(batch.shape[1:3])
+        return super().infer(batch)
+
+    @property
+    def device(self) -> str:
+        return self.where
+
+
+@pytest.mark.parametrize(
+    ("device", "trim", "stitch", "trimmed"),
+    [
+        ("cpu", True, "crop", True),
+        ("CPUExecutionProvider", True, "crop", True),
+        ("cpu", False, "crop", False),  # --no-trim
+        ("cpu", True, "blend", False),  # blending weighs whole tiles
+        ("cuda:0 (NVIDIA H200)", True, "crop", False),  # one input shape for engines, autotuning, batches
+    ],
+)
+def test_only_cpu_backends_in_crop_mode_trim_tiles(image, tmp_path, device, trim, stitch, trimmed):
+    colour = GpuColourBackend(device)
+    colour.load()
+    opts = InferOptions(tile=128, overlap=32, batch=3, trim=trim, stitch=stitch, tissue="none", progress=False)
+    result = infer_slide(ArraySlide(image), colour, tmp_path / "m.tif", opts)
+    assert (colour.sizes != {(128, 128)}) == trimmed
+    assert all(h % 16 == 0 and w % 16 == 0 and h <= 128 and w <= 128 for h, w in colour.sizes)
+    assert (result.labels != 255).all()  # no tissue mask: every pixel labelled either way
+
+
+def test_batches_hold_tiles_of_one_size():
+    from segcls.runtime.pipeline import batch_tiles
+    from segcls.runtime.tiling import Tile
+
+    sizes = [64, 64, 64, 64, 64, 32, 32, 64]
+    tiles = [Tile(0, i, 0, 0, s, 64) for i, s in enumerate(sizes)]
+    batches = list(batch_tiles(tiles, 3))
+    assert [[t.col for t in b] for b in batches] == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    assert list(batch_tiles([], 3)) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), splits=st.integers(0, 3), specks=st.integers(0, 6))
+def test_trimmed_tiles_own_every_tissue_pixel_with_overlap_context(seed, splits, specks):
+    """Whatever the tissue, each tissue pixel of a core lies at least `overlap` px inside one of the
+    inputs its tile was trimmed (and split) into, and splitting never costs more than the bounding box."""
+    from segcls.runtime.pipeline import trim_tiles
+
+    grid = TileGrid((700, 500), 256, 32)  # 4 x 3 cores of 24 map px, the last ones cut short
+    rng = np.random.default_rng(seed)
+    tissue = np.zeros(grid.map_shape, dtype=bool)
+    for _ in range(specks):
+        y, x = rng.integers(0, grid.map_shape[0]), rng.integers(0, grid.map_shape[1])
+        tissue[y : y + rng.integers(1, 6), x : x + rng.integers(1, 6)] = True
+
+    def keep(box):
+        x0, y0, x1, y1 = box
+        return tissue[y0:y1, x0:x1]
+
+    tiles = list(grid)
+    owned = np.zeros(grid.map_shape, dtype=bool)
+    m = grid.overlap // 8
+    trimmed = trim_tiles(grid, tiles, keep, splits)
+    for w in trimmed:
+        ox, oy = grid.origin(w)
+        x0, y0, x1, y1 = grid.core(w)
+        ys = slice(max(y0, oy + m), min(y1, oy + w.height // 8 - m))
+        owned[ys, max(x0, ox + m) : min(x1, ox + w.width // 8 - m)] = True
+    assert owned[tissue].all()
+    assert [(t.row, t.col) for t in trimmed] == sorted((t.row, t.col) for t in trimmed)  # row-major still
+    area = sum(w.width * w.height for w in trimmed)
+    assert area <= sum(w.width * w.height for w in trim_tiles(grid, tiles, keep, 0))
+    assert area <= len({(t.row, t.col) for t in trimmed}) * 256**2
+
+
+def test_scattered_tissue_is_split_into_smaller_inputs():
+    from segcls.runtime.pipeline import trim_tiles
+
+    grid = TileGrid((1024, 1024), 1024, 64)  # one core of 896 px = 112 map px
+    tissue = np.zeros(grid.map_shape, dtype=bool)
+    tissue[2:6, 2:6] = tissue[100:104, 100:104] = True  # two specks in opposite corners
+
+    def keep(box):
+        x0, y0, x1, y1 = box
+        return tissue[y0:y1, x0:x1]
+
+    one = trim_tiles(grid, list(grid), keep, splits=0)
+    two = trim_tiles(grid, list(grid), keep, splits=2)
+    assert len(one) == 1 and len(two) == 2
+    assert sum(w.width * w.height for w in two) < 0.1 * one[0].width * one[0].height

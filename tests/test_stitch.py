@@ -211,3 +211,28 @@ def test_blend_ramps_along_a_raised_cosine_over_exactly_the_overlap(overlap):
         span = slice(b - ramp // 2, b + ramp // 2)
         expected[span] = falling if expected[b - 1] == 1 else falling[::-1]
     np.testing.assert_allclose(probs[0, 5], expected, atol=1e-6)
+
+
+def test_crop_takes_from_a_trimmed_tile_only_pixels_with_overlap_context_and_leaves_the_rest():
+    grid = TileGrid((512, 512), 256, 32)  # cores of 192 px = 24 map px
+    truth = field(grid)
+    labels = np.full(grid.map_shape, 255, np.uint8)
+    probs = np.full((C, *grid.map_shape), -1, np.float32)
+    stitcher = make_stitcher("crop", grid, labels, probs)
+    t = next(iter(grid))
+    box = (4, 6, 10, 9)  # map px inside the first core
+    w = grid.trim(t, box)
+    assert w.width < grid.tile and w.height < grid.tile
+    ox, oy = grid.origin(w)
+    p = truth[:, oy + P : oy + P + w.height // 8, ox + P : ox + P + w.width // 8]
+    stitcher.add(w, p.argmax(0).astype(np.uint8), p)
+    m = grid.overlap // 8  # map px of context a pixel must have inside the input
+    owned = np.zeros(grid.map_shape, dtype=bool)
+    owned[oy + m : oy + w.height // 8 - m, ox + m : ox + w.width // 8 - m] = True
+    *_, x1, y1 = grid.core(t)
+    owned[:, x1:] = owned[y1:, :] = False  # and inside the tile's core
+    assert owned[box[1] : box[3], box[0] : box[2]].all() and 0 < owned.mean() < 0.2
+    expected = truth[:, P : P + grid.map_shape[0], P : P + grid.map_shape[1]]
+    np.testing.assert_array_equal(labels[owned], expected.argmax(0)[owned])
+    np.testing.assert_allclose(probs[:, owned], expected[:, owned], atol=1e-6)
+    assert (labels[~owned] == 255).all() and (probs[:, ~owned] == -1).all()  # left as they were

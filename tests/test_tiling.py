@@ -118,3 +118,45 @@ def test_tissue_in_box_samples_pixel_centres():
     expected = np.zeros((10, 20), bool)
     expected[20 - 15 : 22 - 15, 40 - 30 : 42 - 30] = True
     np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    width=st.integers(1, 2000),
+    height=st.integers(1, 2000),
+    tile16=st.integers(2, 40),
+    overlap16=st.integers(0, 19),
+    data=st.data(),
+)
+def test_a_trimmed_tile_keeps_overlap_context_for_its_box_and_no_more(width, height, tile16, overlap16, data):
+    tile, overlap = 16 * tile16, 16 * overlap16
+    if tile - 2 * overlap < 16:
+        return
+    grid = TileGrid((width, height), tile, overlap)
+    t = data.draw(st.sampled_from(list(grid)))
+    x0, y0, x1, y1 = grid.core(t)
+    bx0 = data.draw(st.integers(x0, x1 - 1))
+    bx1 = data.draw(st.integers(bx0 + 1, x1))
+    by0 = data.draw(st.integers(y0, y1 - 1))
+    by1 = data.draw(st.integers(by0 + 1, y1))
+    w = grid.trim(t, (bx0, by0, bx1, by1))
+    assert (w.row, w.col) == (t.row, t.col)
+    assert w.x % 16 == w.y % 16 == w.width % 16 == w.height % 16 == 0  # whole-image convolution grid
+    assert t.x <= w.x and w.x + w.width <= t.x + tile and t.y <= w.y and w.y + w.height <= t.y + tile
+    # every box pixel has `overlap` px of context on each side, and at most one 16 px step more
+    assert w.x <= 8 * bx0 - overlap and w.x + w.width >= 8 * bx1 + overlap
+    assert w.y <= 8 * by0 - overlap and w.y + w.height >= 8 * by1 + overlap
+    assert w.width < 8 * (bx1 - bx0) + 2 * overlap + 32 and w.height < 8 * (by1 - by0) + 2 * overlap + 32
+    assert grid.origin(w) == (w.x // 8, w.y // 8)
+
+
+def test_trimming_a_whole_core_keeps_interior_tiles_and_cuts_the_far_edge():
+    grid = TileGrid((2000, 1000), 256, 32)  # step 192: the last column's core is 80 px, the last row's 40
+    tiles = list(grid)
+    assert all((t.width, t.height) == (256, 256) for t in tiles)
+    trimmed = {(t.row, t.col): grid.trim(t) for t in tiles}
+    assert trimmed[(0, 0)] == tiles[0]  # a whole core needs the whole tile
+    rows, cols = grid.shape
+    last = trimmed[(rows - 1, cols - 1)]
+    assert (last.x, last.y) == (tiles[-1].x, tiles[-1].y)
+    assert (last.width, last.height) == (80 + 64, 48 + 64)  # core + context, rounded up to 16

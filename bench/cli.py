@@ -10,6 +10,7 @@ from segcls.bench.latency import latency
 from segcls.bench.mask_write import mask_write_command
 from segcls.bench.overlap import overlap_command
 from segcls.bench.readers import readers_command
+from segcls.bench.shapes import shapes_command
 from segcls.bench.slide import slide_command
 
 
@@ -19,5 +20,5 @@ def main() -> None:
 
 
 for command in (latency, slide_command, readers_command, overlap_command, mask_write_command, cluster_command,
-                geojson_command):  # fmt: skip
+                geojson_command, shapes_command):  # fmt: skip
     main.add_command(command)

@@ -176,8 +176,12 @@ def markdown(result: dict, env: dict) -> str:
         )
         + f"; {result['rounds']} rounds alternating the methods, each run in "
         f"its own process; median (range). segcls: {seg['backend']} on {seg['device']}, {seg['readers']} "
-        f"reader thread(s), {tiles['run']} of {tiles['total']} tiles run"
-        + (f", {tiles['input_mpx']:.1f} Mpx of network input (trimmed tiles)." if "input_mpx" in tiles else "."),
+        f"reader thread(s), {tiles['total'] - tiles['skipped']} of {tiles['total']} tiles run"
+        + (
+            f" as {tiles['run']} network inputs, {tiles['input_mpx']:.1f} Mpx (trimmed tiles)."
+            if "input_mpx" in tiles
+            else "."
+        ),
         "",
         "| method | seconds (model load to mask written) | process wall s | tiles run | peak RSS MB |",
         "|---|---|---|---|---|",

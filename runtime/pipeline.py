@@ -1,6 +1,6 @@
 """One slide in, a label mask (and optional overlay, GeoJSON, probabilities, summary) out.
 
-    thumbnail -> tissue mask -> tiles with tissue (row-major)
+    thumbnail -> tissue mask -> tiles with tissue (row-major), on a CPU cut down to it (trim_tiles)
     reader threads: read + resample single tiles into a fixed ring of batch buffers
     main thread: backend.infer_stream(batches) -> stitcher (stride-8 label map) -> outputs
     mask thread: level-0 mask tiles over label rows the stitcher reports final, compressed on a few
@@ -69,7 +69,7 @@ class InferOptions:
     level: int | None = None  # read this level as is (no resampling)
     out_mpp: float | None = None  # mask resolution; default the slide's level 0
     tissue: str | Path = "auto"  # auto | none | mask image path
-    trim: bool = True  # CPU backend, crop stitching: tiles trimmed to their tissue and the frame (trim_tiles)
+    trim: bool = True  # CPU backend, crop stitching: tiles cut down to their cores' tissue (trim_tiles)
     overlay: Path | None = None
     geojson: Path | None = None
     geojson_per_region: bool = False  # one feature per region instead of one MultiPolygon per class

@@ -141,3 +141,16 @@ def test_overlap_study_rows_with_and_without_trimming(model):
     assert all(a["work"] < n["work"] for a, n in zip(rows["auto"], rows["none"], strict=True))
     assert rows["none"][1]["agreement"] > rows["none"][0]["agreement"]  # context helps
     assert choose(rows["none"], 128, needed=0.0)["overlap"] == 0  # least work when everything passes
+
+
+def test_bench_shapes_reports_cost_per_mpx_and_refuses_bad_shapes(model, tmp_path):
+    out = tmp_path / "shapes.json"
+    done = CliRunner().invoke(
+        main, ["shapes", str(model), "--shapes", "128x128,64x128", "--rounds", "2", "--json", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["shape"] for r in rows] == [[128, 128], [64, 128]]
+    assert rows[0]["vs_first"]["median"] == 1.0 and all(r["ms_per_mpx"] > 0 for r in rows)
+    bad = CliRunner().invoke(main, ["shapes", str(model), "--shapes", "100x128"])
+    assert bad.exit_code == 2 and "multiples of 16" in bad.output

@@ -111,6 +111,16 @@ def machine_line(env: dict) -> str:
     )
 
 
+def int_list(ctx, param, value: str) -> tuple[int, ...]:
+    """click callback: "1,4,8" -> (1, 4, 8), or a one-line usage error."""
+    import click
+
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
 def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 

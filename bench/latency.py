@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from segcls.bench.bench_infer import int_list
 from segcls.cli._common import handle_errors
 
 
@@ -182,18 +183,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _int_list(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-
-
 @click.command("latency", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--backend", default="auto", show_default=True, help="auto (from each file type) or one backend.")
-@click.option("--batch", "batches", default="1,4,8", show_default=True, callback=_int_list, help="Batch sizes.")
-@click.option("--tile", "tiles", default="512,1024", show_default=True, callback=_int_list, help="Tile sides, px.")
+@click.option("--batch", "batches", default="1,4,8", show_default=True, callback=int_list, help="Batch sizes.")
+@click.option("--tile", "tiles", default="512,1024", show_default=True, callback=int_list, help="Tile sides, px.")
 @click.option("--threads", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1))
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls.")
 @click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1), help="Alternating rounds.")

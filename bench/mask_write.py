@@ -33,6 +33,7 @@ import click
 import numpy as np
 
 from segcls.atomic import atomic_path
+from segcls.bench.bench_infer import int_list
 from segcls.cli._common import handle_errors
 from segcls.runtime.mask_writer import upsample_window
 from segcls.runtime.slide import Slide
@@ -284,7 +285,8 @@ if __name__ == "__main__":  # one run, in the process `_child` started
 
 
 @click.command("mask-write")
-@click.option("--sizes", default="20000,40000,60000", show_default=True, help="slide sizes (px), comma-separated")
+@click.option("--sizes", default="20000,40000,60000", show_default=True, callback=int_list,
+              help="slide sizes (px), comma-separated")  # fmt: skip
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1), help="rounds, writers alternated")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="model file reading at 4 um/px [default: a random network exported to ONNX]")  # fmt: skip
@@ -298,17 +300,13 @@ if __name__ == "__main__":  # one run, in the process `_child` started
     help="results (markdown beside it)",
 )
 @handle_errors
-def mask_write_command(sizes: str, rounds: int, model: Path | None, backend: str, json_path: Path) -> None:
+def mask_write_command(sizes: tuple[int, ...], rounds: int, model: Path | None, backend: str, json_path: Path) -> None:
     """Mask writing's share of a whole-slide run: streamed writer vs serial, e2e, peak RSS per process."""
     from segcls.bench.mask_write import bench_mask_write, markdown
 
-    try:
-        values = [int(v) for v in sizes.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"not a list of integers: {sizes!r}", param_hint="--sizes") from None
-    if not values or min(values) < 1024:
+    if not sizes or min(sizes) < 1024:
         raise click.BadParameter("sizes must be >= 1024 px", param_hint="--sizes")
-    result = bench_mask_write(values, rounds, model, backend, progress=lambda line: click.echo(line, err=True))
+    result = bench_mask_write(list(sizes), rounds, model, backend, progress=lambda line: click.echo(line, err=True))
     command = "segcls-bench mask-write " + " ".join(sys.argv[2:])
     result["command"] = command
     text = markdown(result, command)

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
+from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
 from segcls.cli._common import handle_errors
 
 GLASS = 256  # white margin around the whole image: more than the network's receptive field reaches
@@ -109,8 +109,8 @@ def markdown(result: dict, env: dict) -> str:
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
 @click.option("--size", default=2048, show_default=True, help="Side of the region, read-frame px.")
 @click.option("--at", default=None, help="X,Y: the region's top left, level-0 px [default: the slide's centre].")
-@click.option("--overlaps", default="0,16,32,48,64,128", show_default=True)
-@click.option("--tiles", default="512,1024", show_default=True)
+@click.option("--overlaps", default="0,16,32,48,64,128", show_default=True, callback=int_list)
+@click.option("--tiles", default="512,1024", show_default=True, callback=int_list)
 @click.option(
     "--tissue",
     type=click.Choice(["none", "auto"]),
@@ -133,8 +133,7 @@ def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_p
         x0, y0 = (int(v) for v in at.split(",")) if at else (w0 // 2, h0 // 2)
         x, y = round(x0 / plan.scale) - size // 2 * (at is None), round(y0 / plan.scale) - size // 2 * (at is None)
         image = read_tile(s, plan, x, y, size)
-    sizes = tuple(map(int, tiles.split(",")))
-    rows = overlap_agreement(model, image, mpp, tuple(map(int, overlaps.split(","))), sizes, tissue)
+    rows = overlap_agreement(model, image, mpp, overlaps, tiles, tissue)
     result = {
         "slide": str(slide),
         "model": str(model),
@@ -143,7 +142,7 @@ def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_p
         "size": [size, size],
         "tissue": tissue,
         "rows": rows,
-        "choice": {t: choose(rows, t) for t in map(int, tiles.split(","))},
+        "choice": {t: choose(rows, t) for t in tiles},
     }
     env = environment()
     text = markdown(result, env)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
+from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
 from segcls.cli._common import handle_errors
 from segcls.description import ModelDescription
 from segcls.runtime.backends.base import Backend, BackendOutput
@@ -149,7 +149,7 @@ def markdown(results: list[dict], env: dict) -> str:
 
 @click.command("readers")
 @click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--workers", default="1,2,4", show_default=True, help="Reader thread counts, comma-separated.")
+@click.option("--workers", default="1,2,4", show_default=True, callback=int_list, help="Reader thread counts.")
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the slide's level 0].")
 @click.option("--tile", default=1024, show_default=True)
 @click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True)
@@ -165,9 +165,8 @@ def markdown(results: list[dict], env: dict) -> str:
 @handle_errors
 def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, decoders, json_path) -> None:
     """Read-only tiles/s of the pipeline's readers vs the number of reader threads."""
-    counts = [int(w) for w in workers.split(",")]
     chosen = tuple(decoders.split(","))
-    results = [reader_scaling(s, counts, mpp, tile, overlap, rounds, max_tiles, chosen) for s in slides]
+    results = [reader_scaling(s, list(workers), mpp, tile, overlap, rounds, max_tiles, chosen) for s in slides]
     env = environment()
     text = markdown(results, env)
     click.echo(text)

@@ -34,6 +34,7 @@ from segcls.errors import SegclsError
 
 METHODS = ("segcls", "plain", "window", "before")
 DEFAULT_METHODS = METHODS[:3]
+DEFAULT_BEFORE = {"trim": False}  # what "before" changes unless told: whole tiles
 LABELS = {
     "segcls": "segcls-infer (defaults)",
     "before": "segcls-infer as before (--before options; default --no-trim)",
@@ -47,7 +48,7 @@ def run_method(
 ) -> dict:
     """One method in a fresh Python process; its JSON line plus the wall time seen from outside."""
     if method == "before":  # segcls with other settings (`before`), for a before/after in one run
-        method, options = "segcls", {**options, **(before or {"trim": False})}
+        method, options = "segcls", {**options, **(before or DEFAULT_BEFORE)}
     cmd = [sys.executable, "-m", "segcls.bench.baselines", method, str(slide), str(model), str(out)]
     if mpp is not None:
         cmd += ["--mpp", str(mpp)]
@@ -86,6 +87,7 @@ def bench_slide(
     """
     slide, model = Path(slide), Path(model)
     baseline = Path(baseline_model or model)
+    before = before or DEFAULT_BEFORE
     if "window" in methods and importlib.util.find_spec("monai") is None:
         methods = tuple(m for m in methods if m != "window")  # the optional `bench` extra is not installed
     runs: dict[str, list[dict]] = {m: [] for m in methods}
@@ -99,7 +101,7 @@ def bench_slide(
                 runs[method].append(run_method(method, slide, used, out, mpp, options or {}, before))
     result = summarize(slide, model, runs, rounds, options or {})
     if "before" in runs:
-        result["before"] = before or {"trim": False}
+        result["before"] = before
     result["baseline_model"] = str(baseline)
     return result
 

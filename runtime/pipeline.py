@@ -322,7 +322,7 @@ def trim_tiles(grid: TileGrid, tiles: list[Tile], keep, splits: int = 2) -> list
     for t in tiles:
         core = grid.core(t)
         if keep is None:
-            trimmed.append(grid.trim(t, core))
+            trimmed.append(grid.trim(t))
             continue
         trimmed += [grid.trim(t, box) for box in _tissue_boxes(grid, t, keep(core), core[:2], splits)]
     return trimmed

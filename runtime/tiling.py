@@ -147,8 +147,8 @@ class TileGrid:
 
         Network work is proportional to input area, so this is what a tile whose core is mostly glass, or
         is cut short by the frame's far edge, should cost. Beyond the frame the context stays white glass,
-        as for a whole tile. Map pixels of the core outside the trimmed input come back as not tissue
-        (`CropStitcher`), so `box` must hold all of the core's tissue.
+        as for a whole tile. The crop stitcher leaves map pixels of the core outside `box` (grown by up to
+        one grid step) unlabelled, 255, so `box` must hold all of the core's tissue.
         """
         cx0, cy0, cx1, cy1 = box or self.core(t)
         s, o = self.stride, self.overlap

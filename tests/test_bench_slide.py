@@ -154,3 +154,17 @@ def test_bench_shapes_reports_cost_per_mpx_and_refuses_bad_shapes(model, tmp_pat
     assert rows[0]["vs_first"]["median"] == 1.0 and all(r["ms_per_mpx"] > 0 for r in rows)
     bad = CliRunner().invoke(main, ["shapes", str(model), "--shapes", "100x128"])
     assert bad.exit_code == 2 and "multiples of 16" in bad.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["overlap", str(CMU), "--model", "MODEL", "--overlaps", "32,x"],
+        ["readers", str(CMU), "--workers", "1,two"],
+        ["mask-write", "--sizes", "20000,big"],
+    ],
+)
+def test_bench_lists_of_integers_are_checked_in_one_line(model, args):
+    done = CliRunner().invoke(main, [str(model) if a == "MODEL" else a for a in args])
+    assert done.exit_code == 2 and "expected comma-separated integers" in done.output
+    assert "Traceback" not in done.output

@@ -403,8 +403,8 @@ def test_trimmed_tiles_cost_less_and_agree_with_whole_image_inference(backend, t
     assert cost[False] == pytest.approx(whole.summary["tiles"]["run"] * 384**2 / 1e6, abs=1e-3)
 
 
-class GpuColourBackend(ColourBackend):
-    """ColourBackend as if on a GPU, recording the input sizes it is given."""
+class DeviceColourBackend(ColourBackend):
+    """ColourBackend reporting the `device` it is given (a GPU or a CPU), recording its input sizes."""
 
     def __init__(self, device: str) -> None:
         super().__init__()
@@ -430,7 +430,7 @@ class GpuColourBackend(ColourBackend):
     ],
 )
 def test_only_cpu_backends_in_crop_mode_trim_tiles(image, tmp_path, device, trim, stitch, trimmed):
-    colour = GpuColourBackend(device)
+    colour = DeviceColourBackend(device)
     colour.load()
     opts = InferOptions(tile=128, overlap=32, batch=3, trim=trim, stitch=stitch, tissue="none", progress=False)
     result = infer_slide(ArraySlide(image), colour, tmp_path / "m.tif", opts)

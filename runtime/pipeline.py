@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections import deque
@@ -213,7 +214,7 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
 
     t_start = time.perf_counter()
     description = backend.description
-    plan, grid, keep, tiles, tissue = plan_tiles(slide, backend, opts)
+    plan, grid, keep, tiles, thumb = plan_tiles(slide, backend, opts)
     t_tissue = time.perf_counter() - t_start
 
     labels = np.full(grid.map_shape, 255, dtype=np.uint8)
@@ -252,7 +253,8 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
     if "overlay" in outputs:
         from segcls.runtime.overlay import write_overlay
 
-        thumb = tissue if tissue is not None else slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        if thumb is None or max(thumb.shape[:2]) != THUMBNAIL_SIZE:  # none detected on, or a smaller one
+            thumb = slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         write_overlay(outputs["overlay"], thumb, labels, description.classes, description.colors)
     if "geojson" in outputs:
         from segcls.runtime.geojson import write_geojson
@@ -295,11 +297,14 @@ def select_tiles(slide, grid: TileGrid, plan: ReadPlan, source) -> tuple:
         return None, list(grid), None
     from segcls.runtime.tissue import tissue_mask
 
-    thumb = None
-    if str(source) == "auto":  # detect on a thumbnail that the overlay reuses
-        thumb = slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    tissue = tissue_mask(slide, source, THUMBNAIL_SIZE, thumbnail=thumb)
+    # Tiles and trims are placed in label-map pixels: a finer tissue mask decides nothing more, and each
+    # halving of its side costs 4x (a small slide's mask was 4x finer than its label map).
     core = grid.step * plan.scale  # level-0 px of a tile's core
+    side = min(THUMBNAIL_SIZE, math.ceil(max(slide.dimensions) / (grid.stride * plan.scale)))
+    thumb = None
+    if str(source) == "auto":  # detect on a thumbnail that the overlay reuses when it is full size
+        thumb = slide.get_thumbnail((side, side))
+    tissue = tissue_mask(slide, source, side, thumbnail=thumb)
     tiles = [t for t in grid if tissue.covers(t.col * core, t.row * core, core, core)]
 
     def keep(box: tuple[int, int, int, int]) -> np.ndarray:

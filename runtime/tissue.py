@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segcls.errors import SlideError
+from segcls.runtime import regions
 
 # A pixel this dark in every channel is scanner padding, not tissue.
 BLACK_MAX = 30
@@ -70,14 +71,12 @@ def detect_tissue(
     Specks smaller than `min_region` and holes smaller than `max_hole` (fractions of the thumbnail's
     area) are removed and filled; ragged borders are closed (a radius-2 diamond).
     """
-    from scipy import ndimage
-
     rgb = np.asarray(thumbnail)
     if rgb.ndim != 3 or rgb.shape[2] < 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 (h, w, 3) thumbnail, got {rgb.dtype} {rgb.shape}")
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)  # 5x faster than max(axis=2)
-    saturation = ndimage.uniform_filter((hi - lo) * 255.0 / np.maximum(hi, 1), size=3)
+    saturation = _mean3x3((hi - lo) * np.float32(255) / np.maximum(hi, 1, dtype=np.float32))
     not_padding = hi > BLACK_MAX
     if not not_padding.any():
         return np.zeros(rgb.shape[:2], dtype=bool)
@@ -88,19 +87,22 @@ def detect_tissue(
     mask = not_padding & (lo < WHITE_MIN) & (saturation > threshold)
 
     area = mask.size
-    cross = ndimage.generate_binary_structure(2, 1)
-    mask = ndimage.binary_closing(mask, structure=cross, iterations=2, border_value=0)
+    mask = regions.erode(regions.dilate(mask, 2), 2)  # closing by a radius-2 diamond
     mask = _drop_small(mask, area * min_region)
-    holes = _drop_small(ndimage.binary_fill_holes(mask) & ~mask, area * max_hole, keep_small=True)
-    mask |= holes
+    mask |= _drop_small(regions.holes(mask), area * max_hole, keep_small=True)
     return mask & (hi > BLACK_MAX)
+
+
+def _mean3x3(values: np.ndarray) -> np.ndarray:
+    """3x3 box mean, edges mirrored (`scipy.ndimage.uniform_filter(values, 3)`)."""
+    p = np.pad(values, 1, mode="symmetric")
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / np.float32(9)
 
 
 def _drop_small(mask: np.ndarray, min_pixels: float, keep_small: bool = False) -> np.ndarray:
     """Remove connected regions under `min_pixels` (or keep only those, with `keep_small`)."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask)
+    labels, n = regions.label(mask)
     if n == 0:
         return mask
     sizes = np.bincount(labels.ravel())

@@ -14,6 +14,7 @@ import tifffile
 from _runtime_models import exported_onnx, tissue_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from segcls.errors import SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
@@ -499,3 +500,20 @@ def test_scattered_tissue_is_split_into_smaller_inputs():
     two = trim_tiles(grid, list(grid), keep, splits=2)
     assert len(one) == 1 and len(two) == 2
     assert sum(w.width * w.height for w in two) < 0.1 * one[0].width * one[0].height
+
+
+def test_tissue_is_detected_at_label_map_resolution_and_the_overlay_stays_full_size(backend, tmp_path):
+    image = np.full((512, 768, 3), 245, np.uint8)
+    image[64:256, 64:320] = (200, 90, 170)
+    asked = []
+
+    class Recording(ArraySlide):
+        def get_thumbnail(self, max_size):
+            asked.append(tuple(max_size))
+            return super().get_thumbnail(max_size)
+
+    opts = InferOptions(tile=256, overlap=32, overlay=tmp_path / "o.png", progress=False)
+    result = infer_slide(Recording(image), backend, tmp_path / "m.tif", opts)
+    assert asked == [(96, 96), (2048, 2048)]  # 768 px / 8 px per label-map pixel; then the overlay's own
+    assert Image.open(tmp_path / "o.png").size[1] == 512  # drawn on the full thumbnail (plus a legend)
+    assert (result.labels[8:32, 8:40] != 255).all() and (result.labels[40:, 48:] == 255).all()

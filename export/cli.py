@@ -3,6 +3,7 @@ export_onnx / export_int8 / build_engine."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -27,8 +28,9 @@ def _multiple_of_16(ctx, param, value: int) -> int:
 @click.option("--calib-tiles", type=click.IntRange(min=1), default=Int8Options.tiles, show_default=True)
 @click.option("--calib-size", default=Int8Options.tile_size, show_default=True, callback=_multiple_of_16,
               help="Calibration and held-out tile side, px.")  # fmt: skip
-@click.option("--int8-fp32", "fp32_modules", default=",".join(Int8Options.fp32_modules), show_default=True,
-              help="Network modules left in FP32, comma-separated ('' for none).")  # fmt: skip
+@click.option("--int8-fp32", "fp32_modules", help="Network modules left in FP32, comma-separated ('' for none) "
+              f"[default: {','.join(Int8Options.fp32_modules)}, and if the model misses verification so, "
+              f"{' then '.join(','.join(m) for m in Int8Options.fallback_fp32)} too].")  # fmt: skip
 @click.option("--trt", "build_trt", is_flag=True, help="Also build a TensorRT engine (needs a GPU).")
 @click.option("--engine", type=click.Path(path_type=Path), help="Engine file [default: OUTPUT with .engine].")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1), help="Engine batch.")
@@ -47,7 +49,7 @@ def main(
     calib_method: str,
     calib_tiles: int,
     calib_size: int,
-    fp32_modules: str,
+    fp32_modules: str | None,
     build_trt: bool,
     engine: Path | None,
     max_batch: int,
@@ -74,8 +76,10 @@ def main(
     if int8:
         from segcls.export.quantize import export_int8
 
-        modules = tuple(m.strip() for m in fp32_modules.split(",") if m.strip())
-        options = Int8Options(calib_method, calib_tiles, calib_size, modules)
+        options = Int8Options(calib_method, calib_tiles, calib_size)
+        if fp32_modules is not None:  # exactly these, no fallback
+            modules = tuple(m.strip() for m in fp32_modules.split(",") if m.strip())
+            options = replace(options, fp32_modules=modules, fallback_fp32=())
         result = export_int8(
             checkpoint, output, calibrate, options, opset=opset, verify_size=verify_size, log=click.echo
         )

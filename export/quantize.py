@@ -3,10 +3,14 @@
 QDQ format, uint8 activations and int8 per-channel weights: the combination ONNX Runtime's CPU kernels
 run fastest on x86 without VNNI (the `quantize_static` docstring; measured in docs/int8.md). Activation
 ranges come from a seeded sample of tiles of the dataset's train split. Only the heavy ops are quantized
-(Conv, the residual Add, MaxPool, the decoder's Resize); softmax, argmax and the classification layer's
-max stay FP32, and so do the modules named in `Int8Options.fp32_modules`: by default the stem conv and
-the first residual block (quantizing them cost the most labels on a trained model) and the 1x1
-classifier conv, whose output is the logits the labels are the argmax of (cheap to keep exact).
+(Conv, the residual Add, MaxPool, the decoder's Resize) and the ReLUs after them: a quantized ReLU is
+removed and its range given to the conv before it, so the conv writes uint8 over [0, max] (all 256
+levels for what the next layer sees) and no requantize step is left between them. Softmax, argmax and
+the classification layer's max stay FP32, and so do the modules named in `Int8Options.fp32_modules`: by
+default the stem conv (quantizing it cost the most labels, and its int8 kernel is no faster with 3
+input channels) and the 1x1 classifier conv, whose output is the logits the labels are the argmax of.
+When the model misses verification so, `Int8Options.fallback_fp32` names what else to keep in FP32 on
+the next try (the first residual block, the next most sensitive).
 
 Like every export, the INT8 model is verified before it is written (`verify.verify_int8`): labels
 agreement with the FP32 model on held-out tiles (val split, never the calibration tiles) and the
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from segcls.data.folder import DatasetFolder
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANTIZED_OPS = ("Conv", "Add", "MaxPool", "Resize")
+QUANTIZED_OPS = ("Conv", "Add", "MaxPool", "Resize", "Relu")
 KEY_INT8_CALIBRATION = "segcls.int8_calibration"  # JSON of the Int8Options the model was made with
 # Module name scope the exporter records on each node (`pkg.torch.onnx.name_scopes`); DeployedModel
 # holds the network as `model`, so the classifier conv is `model.decoder.classifier`.
@@ -51,8 +55,10 @@ class Int8Options:
     tiles: int = 64  # calibration tiles from the train split
     tile_size: int = 256
     # Network modules left unquantized. The stem conv carries the name of the BatchNorm folded into it
-    # (`encoder.bn1`); it and the first residual block are where INT8 lost the most labels (docs/int8.md).
-    fp32_modules: tuple[str, ...] = ("encoder.bn1", "encoder.layer1.0", "decoder.classifier")
+    # (`encoder.bn1`); it is where INT8 lost the most labels, the first residual block next (docs/int8.md).
+    fp32_modules: tuple[str, ...] = ("encoder.bn1", "decoder.classifier")
+    # Tried in turn while the model misses verification, each adding its modules to those in FP32.
+    fallback_fp32: tuple[tuple[str, ...], ...] = (("encoder.layer1.0",),)
     seed: int = 0
     reduce_range: bool = False  # 7-bit weights; docs/int8.md has what it changed here
     verify_tiles: int = 32  # held-out tiles (val split) for the agreement figure
@@ -171,6 +177,15 @@ def quantize_onnx(
     onnx.save(model, str(output))
 
 
+def fp32_attempts(options: Int8Options) -> list[Int8Options]:
+    """The settings tried in turn: `fp32_modules`, then each `fallback_fp32` step added to those before."""
+    attempts, modules = [options], options.fp32_modules
+    for step in options.fallback_fp32:
+        modules = modules + tuple(m for m in step if m not in modules)
+        attempts.append(replace(options, fp32_modules=modules))
+    return attempts
+
+
 def export_int8(
     checkpoint: str | Path,
     output: str | Path,
@@ -224,20 +239,28 @@ def int8_from_onnx(
     with tempfile.TemporaryDirectory(prefix="segcls-int8-") as tmp:
         start = time.perf_counter()
         calibration = sample_tiles(ds, ds.split["train"], options.tiles, options.tile_size, options.seed)
-        int8 = Path(tmp) / "int8.onnx"
-        quantize_onnx(Path(fp32_path), int8, calibration, options)
-        export_seconds = time.perf_counter() - start
-        kept = ", ".join(options.fp32_modules) or "none"
-        log(f"quantized to INT8 ({options.method}, {options.tiles} train tiles of {options.tile_size} px, "
-            f"FP32 modules: {kept}) in {export_seconds:.1f} s")  # fmt: skip
-        verify_start = time.perf_counter()
+        export_seconds, verify_seconds = time.perf_counter() - start, 0.0
         tiles = sample_tiles(ds, held_out, options.verify_tiles, options.tile_size, options.seed + 1)
         test = [load_pair(ds, name) for name in ds.split["test"]]
-        report = verify_int8(int8, fp32_path, tiles, test, ds.num_classes, options.min_agreement, options.max_f1_delta)
-        log(report.summary())
+        int8 = Path(tmp) / "int8.onnx"
+        attempts = fp32_attempts(options)
+        for i, attempt in enumerate(attempts):
+            start = time.perf_counter()
+            quantize_onnx(Path(fp32_path), int8, calibration, attempt)
+            export_seconds += time.perf_counter() - start
+            kept = ", ".join(attempt.fp32_modules) or "none"
+            log(f"quantized to INT8 ({options.method}, {options.tiles} train tiles of {options.tile_size} px, "
+                f"FP32 modules: {kept}) in {time.perf_counter() - start:.1f} s")  # fmt: skip
+            start = time.perf_counter()
+            report = verify_int8(int8, fp32_path, tiles, test, ds.num_classes, options.min_agreement,
+                                 options.max_f1_delta)  # fmt: skip
+            verify_seconds += time.perf_counter() - start
+            log(report.summary())
+            if report.passed or i == len(attempts) - 1:
+                break
+            log(f"missed verification: trying again with {', '.join(options.fallback_fp32[i])} in FP32 too")
         report.raise_if_failed(output)
         with atomic_path(output) as out:
             shutil.copyfile(int8, out)
-        verify_seconds = time.perf_counter() - verify_start
     opset = int(info.metadata.get(KEY_OPSET, 0))
     return ExportResult(output, "int8", opset, output.stat().st_size, export_seconds, verify_seconds, report)

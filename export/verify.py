@@ -158,7 +158,7 @@ def verify_int8(
 
     from segcls.metrics import ConfusionMatrix
 
-    int8, fp32 = _cpu_session(int8_path), _cpu_session(fp32_path)
+    int8, fp32 = _cpu_session(int8_path, "int8"), _cpu_session(fp32_path)
     same = total = 0
     scores_diff = 0.0
     for start in tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False):
@@ -195,13 +195,18 @@ def predict_labels(session, image: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(labels, NETWORK_STRIDE, axis=0), NETWORK_STRIDE, axis=1)[:h, :w]
 
 
-def _cpu_session(path: str | Path):
+def _cpu_session(path: str | Path, precision: str = "fp32"):
+    """A CPU session set up as the runtime's ONNX Runtime backend sets one up for a model of `precision`."""
     import onnxruntime as ort
+
+    from segcls.runtime.backends.onnxruntime import disabled_optimizers
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        cpu = ["CPUExecutionProvider"]
+        extra = {"disabled_optimizers": d} if (d := disabled_optimizers(precision, cpu)) else {}
+        return ort.InferenceSession(str(path), options, providers=cpu, **extra)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ExportError(f"ONNX Runtime cannot load the exported model {path}: {e}") from None
 

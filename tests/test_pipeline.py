@@ -18,7 +18,7 @@ from PIL import Image
 
 from segcls.errors import SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
-from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.pipeline import InferOptions, detection_side, infer_slide
 from segcls.runtime.tiling import TileGrid
 
 PAD = 128  # white margin for whole-image inference: the slide sits on white glass, as tiles see it
@@ -248,7 +248,7 @@ PEAK_SCRIPT = """
 import numpy as np
 from segcls.description import ModelDescription
 from segcls.runtime.backends.base import Backend, BackendOutput
-from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.pipeline import InferOptions, detection_side, infer_slide
 
 
 def peak_mb():  # VmHWM: peak resident set of this process (ru_maxrss would include the parent's)
@@ -502,7 +502,7 @@ def test_scattered_tissue_is_split_into_smaller_inputs():
     assert sum(w.width * w.height for w in two) < 0.1 * one[0].width * one[0].height
 
 
-def test_tissue_is_detected_at_label_map_resolution_and_the_overlay_stays_full_size(backend, tmp_path):
+def test_tissue_detection_thumbnail_and_the_overlay_thumbnail(backend, tmp_path):
     image = np.full((512, 768, 3), 245, np.uint8)
     image[64:256, 64:320] = (200, 90, 170)
     asked = []
@@ -514,6 +514,13 @@ def test_tissue_is_detected_at_label_map_resolution_and_the_overlay_stays_full_s
 
     opts = InferOptions(tile=256, overlap=32, overlay=tmp_path / "o.png", progress=False)
     result = infer_slide(Recording(image), backend, tmp_path / "m.tif", opts)
-    assert asked == [(96, 96), (2048, 2048)]  # 768 px / 8 px per label-map pixel; then the overlay's own
+    assert asked == [(1024, 1024), (2048, 2048)]  # detection: 768 / 8 px per label-map px, at least 1024
     assert Image.open(tmp_path / "o.png").size[1] == 512  # drawn on the full thumbnail (plus a legend)
     assert (result.labels[8:32, 8:40] != 255).all() and (result.labels[40:, 48:] == 255).all()
+
+
+def test_tissue_is_detected_at_the_label_maps_resolution_within_bounds():
+    assert detection_side((16384, 12288), 16) == 1024  # 0.5 um/px read at 1.0: 16 level-0 px per map px
+    assert detection_side((40000, 30000), 16) == 2048  # capped: a large slide's mask is coarser than its map
+    assert detection_side((24000, 18000), 16) == 1500
+    assert detection_side((2967, 2220), 32) == 1024  # a small frame keeps enough pixels to find tissue on

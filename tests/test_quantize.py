@@ -14,12 +14,14 @@ from click.testing import CliRunner
 
 import segcls.export.cli as export_cli
 import segcls.export.onnx_export as onnx_export
+import segcls.export.quantize as quantize
 from segcls.data.folder import open_dataset
 from segcls.errors import ExportError, SegclsError
 from segcls.export.onnx_export import export_onnx
-from segcls.export.quantize import Int8Options, int8_from_onnx, quantize_onnx, sample_tiles
+from segcls.export.quantize import Int8Options, fp32_attempts, int8_from_onnx, quantize_onnx, sample_tiles
 from segcls.export.verify import verify_int8
 from segcls.runtime.backends import open_backend
+from segcls.runtime.backends.onnxruntime import disabled_optimizers
 from segcls.runtime.model_info import read_model_info
 
 FAST = dict(tiles=4, tile_size=64, verify_tiles=4)
@@ -161,3 +163,59 @@ def test_cli_int8_usage_errors(checkpoint, dataset, tmp_path, extra, message):
         args += ["--calibrate", str(dataset)]
     result = CliRunner().invoke(export_cli.main, args)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_fp32_attempts_add_each_fallback_to_those_before():
+    options = Int8Options(fp32_modules=("a", "b"), fallback_fp32=(("c",), ("b", "d")))
+    assert [o.fp32_modules for o in fp32_attempts(options)] == [("a", "b"), ("a", "b", "c"), ("a", "b", "c", "d")]
+    assert [o.fp32_modules for o in fp32_attempts(Int8Options(fallback_fp32=()))] == [Int8Options.fp32_modules]
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_model_that_misses_is_quantized_again_with_more_in_fp32(fp32, dataset, tmp_path, monkeypatch, fallback):
+    calls = []
+
+    def first_call_fails(*args):  # the real verification, with a criterion no model meets on the first try
+        calls.append(args)
+        return verify_int8(*args[:5], 1.01 if len(calls) == 1 else 0.5, 1.0)
+
+    monkeypatch.setattr(quantize, "verify_int8", first_call_fails)
+    options = Int8Options(**FAST, **LENIENT) if fallback else Int8Options(**FAST, **LENIENT, fallback_fp32=())
+    out, log = tmp_path / "m.int8.onnx", []
+    if not fallback:
+        with pytest.raises(ExportError, match="failed verification"):
+            int8_from_onnx(fp32, out, open_dataset(dataset), options, log=log.append)
+        assert len(calls) == 1 and not out.exists()
+        return
+    int8_from_onnx(fp32, out, open_dataset(dataset), options, log=log.append)
+    assert len(calls) == 2 and any("trying again with encoder.layer1.0" in line for line in log)
+    recorded = json.loads(read_model_info(out).metadata["segcls.int8_calibration"])["fp32_modules"]
+    assert recorded == [*Int8Options.fp32_modules, "encoder.layer1.0"]
+
+
+def test_relus_are_folded_into_the_quantized_convs(fp32, dataset, tmp_path):
+    ds = open_dataset(dataset)
+    quantize_onnx(fp32, tmp_path / "q.onnx", sample_tiles(ds, ds.split["train"], 4, 64, seed=0), Int8Options(**FAST))
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    relus = [n for n in graph.node if n.op_type == "Relu"]
+    producers = {o: n for n in graph.node for o in n.output}
+    assert sum(n.op_type == "Relu" for n in onnx.load(str(fp32)).graph.node) > 10
+    assert [producers[r.input[0]].op_type for r in relus] == ["Conv"]  # only the FP32 stem's ReLU is left
+
+
+def test_int8_on_the_cpu_runs_without_qdq_propagation_and_gives_the_same_outputs(fp32, dataset, tmp_path):
+    import onnxruntime as ort
+
+    assert disabled_optimizers("int8", ["CPUExecutionProvider"]) == ["QDQPropagationTransformer"]
+    assert disabled_optimizers("fp32", ["CPUExecutionProvider"]) is None
+    assert disabled_optimizers("int8", ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
+    ds = open_dataset(dataset)
+    path = tmp_path / "q.onnx"
+    quantize_onnx(fp32, path, sample_tiles(ds, ds.split["train"], 4, 64, seed=0), Int8Options(**FAST))
+    tiles = sample_tiles(ds, ds.split["val"], 4, 64, seed=1)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    kept = ort.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"], disabled_optimizers=["QDQPropagationTransformer"]
+    )
+    for a, b in zip(plain.run(None, {"image": tiles}), kept.run(None, {"image": tiles}), strict=True):
+        np.testing.assert_array_equal(a, b)

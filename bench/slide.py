@@ -205,7 +205,7 @@ def markdown(result: dict, env: dict) -> str:
         "|---|---|",
         f"| speedup vs plain loop | {fmt(result['speedup_vs_plain_loop'], 'x')} |",
         f"| speedup vs sliding window | {fmt(result['speedup_vs_sliding_window'], 'x')} |",
-        f"| speedup vs segcls before ({_options_text(result.get('before'))}) | "
+        f"| speedup vs segcls before{f' ({o})' if (o := _options_text(result.get('before'))) else ''} | "
         f"{fmt(result['speedup_vs_before'], 'x')} |",
         f"| e2e / backend-only Mpx/s | {fmt(result['e2e_over_backend'])} |",
         f"| e2e / read-only tiles/s | {fmt(result['e2e_over_read'])} |",

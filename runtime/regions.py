@@ -26,12 +26,12 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
         return np.zeros((h, w), dtype=np.int32), 0
     run_a, run_b = _touching_runs(row, start, end, w + 1)
     root = _roots(row.size, run_a, run_b)
-    _, region = np.unique(root, return_inverse=True)  # roots are each region's first run: raster order
+    roots, region = np.unique(root, return_inverse=True)  # roots are each region's first run: raster order
     ids = region.astype(np.int32) + 1
     marks = np.zeros((h, w + 1), dtype=np.int32)
     marks[row, start] = ids
     marks[row, end] -= ids  # a run ends before the next one in its row starts: no position is shared
-    return np.cumsum(marks, axis=1, dtype=np.int32)[:, :w], int(region.max()) + 1
+    return np.cumsum(marks, axis=1, dtype=np.int32)[:, :w], int(roots.size)
 
 
 def _touching_runs(row: np.ndarray, start: np.ndarray, end: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

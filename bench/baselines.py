@@ -156,7 +156,7 @@ def segcls_run(
 
     start = time.perf_counter()
     opts = InferOptions(mpp=mpp, progress=False, **(options or {}))
-    backend = open_model(model, opts.backend)
+    backend = open_model(model, opts.backend, sessions=opts.sessions)
     summary = infer_slide(slide_path, backend, out, opts).summary
     seconds = time.perf_counter() - start
     rss = peak_rss_mb()  # before the extra passes below allocate their own buffers

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from segcls.bench.bench_infer import machine, versions
+from segcls.bench.bench_infer import cpu_line, machine, versions
 from segcls.runtime.geojson import write_geojson
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,7 +68,7 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Noisy {result['map']['size']}^2 label map, downsample {result['map']['downsample']}, "
-        f"{result['rounds']} alternating rounds. Machine: {m['cpu']}, {m['cores']} cores, load average at the "
+        f"{result['rounds']} alternating rounds. Machine: {cpu_line(m)}, {m['cores']} cores, load average at the "
         f"end {m['loadavg'][0]:.1f}. Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         "",
         "| output | features | MB | median s | min-max s |",

@@ -59,11 +59,13 @@ def first_batches(backend, slide_path: Path, opts: InferOptions, max_tiles: int)
 
 
 def backend_only(backend, batches: list[np.ndarray]) -> dict:
-    """Time only `backend.infer` on batches already in memory (after one warm-up call)."""
+    """Time only the backend on batches already in memory (after one warm-up call), driven as the pipeline
+    drives it: through `infer_stream`, where a backend overlaps batches (GPU copies, ONNX Runtime's CPU
+    sessions side by side)."""
     backend.infer(batches[0])  # allocations, kernel selection
     start = time.perf_counter()
-    for batch in batches:
-        backend.infer(batch)
+    for _ in backend.infer_stream(iter(batches)):
+        pass
     seconds = time.perf_counter() - start
     tiles = sum(len(b) for b in batches)
     mpx = sum(b.shape[0] * b.shape[1] * b.shape[2] for b in batches) / 1e6  # trimmed tiles differ in size
@@ -84,14 +86,33 @@ def versions() -> dict:
     return out
 
 
+# Instruction sets that change ONNX Runtime's CPU kernels: FP32 convolutions use AVX-512 where it is there,
+# INT8 ones VNNI (several times AVX2's int8 throughput), so figures only compare on the same set.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            info = f.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "loadavg": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "system": platform.platform(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def cpu_line(m: dict) -> str:
+    """The CPU of `machine()` with the instruction sets its kernels depend on: "AMD EPYC (avx2 fma)"."""
+    return f"{m['cpu']} ({' '.join(m.get('isa', [])) or 'ISA unknown'})"
 
 
 def environment() -> dict:
@@ -106,7 +127,8 @@ def machine_line(env: dict) -> str:
     m = env["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     return (
-        f"Machine: {m['cpu']}, {env['cores_available']} cores available (load average {m['loadavg'][0]:.1f}, "
+        f"Machine: {cpu_line(m)}, {env['cores_available']} cores "
+        f"available (load average {m['loadavg'][0]:.1f}, "
         f"shared host), {env['date']}. Versions: {versions}"
     )
 
@@ -139,7 +161,7 @@ def write_results(json_path: Path, data: dict, text: str) -> None:
 def markdown(results: list[dict]) -> str:
     r0 = results[0]
     lines = [
-        f"Machine: {r0['machine']['cpu']}, {r0['machine']['cores']} cores (load average at the end "
+        f"Machine: {cpu_line(r0['machine'])}, {r0['machine']['cores']} cores (load average at the end "
         f"{r0['machine']['loadavg'][0]:.1f}); device: {r0['device']}",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r0["versions"].items()),
         "",

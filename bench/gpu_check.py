@@ -27,7 +27,7 @@ import click
 import numpy as np
 
 from segcls.atomic import atomic_path
-from segcls.bench.bench_infer import machine, synthetic_slide, versions
+from segcls.bench.bench_infer import cpu_line, machine, synthetic_slide, versions
 from segcls.runtime.backends import Backend, BackendOutput
 from segcls.runtime.pipeline import InferOptions, infer_slide
 from segcls.runtime.tiling import DEFAULT_OVERLAP
@@ -302,7 +302,7 @@ def markdown(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     gpus = ", ".join(f"{g['name']} (sm {g['compute_cap']}, driver {g['driver_version']})" for g in m.get("gpus", []))
     lines = [
-        f"GPU check: {gpus or m.get('error', 'no GPU')}; CPU {m['cpu']}, {m['cores']} cores",
+        f"GPU check: {gpus or m.get('error', 'no GPU')}; CPU {cpu_line(m)}, {m['cores']} cores",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"Command: `{report['command']}`; tile {s['tile']} px, e2e on a {s['slide_px']} px synthetic slide "
         f"({report['slide']['tiles']} tiles), batch {s['e2e_batch']}, {s['workers']} reader workers",

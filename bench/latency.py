@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from segcls.bench.bench_infer import int_list
+from segcls.bench.bench_infer import cpu_line, int_list
 from segcls.cli._common import handle_errors
 
 
@@ -40,9 +40,10 @@ class LatencyOptions:
     rounds: int = 5
     runs: int = 2  # timed calls per model per round
     memory: bool = True  # peak RSS in a separate process per configuration
+    sessions: int = 1  # ONNX Runtime CPU sessions sharing `threads` (a batch's tiles split over them)
 
 
-def _open(model: Path, backend: str, threads: int):
+def _open(model: Path, backend: str, threads: int, sessions: int = 1):
     from segcls.runtime.backends import backend_for, open_backend
 
     kind = backend_for(model) if backend == "auto" else backend
@@ -50,7 +51,7 @@ def _open(model: Path, backend: str, threads: int):
         import torch
 
         torch.set_num_threads(threads)
-    kwargs = {"threads": threads} if kind == "onnxruntime" else {}
+    kwargs = {"threads": threads, "sessions": sessions} if kind == "onnxruntime" else {}
     return open_backend(model, backend, **kwargs)
 
 
@@ -59,9 +60,9 @@ def _precision(backend) -> str:
     return info.precision if info is not None else "fp32"  # torch eager runs the checkpoint in FP32
 
 
-def _peak_rss_mb(model: str, backend: str, threads: int, tile: int, batch: int) -> float:
+def _peak_rss_mb(model: str, backend: str, threads: int, sessions: int, tile: int, batch: int) -> float:
     """Run in a fresh process: load, two calls, peak RSS."""
-    instance = _open(Path(model), backend, threads)
+    instance = _open(Path(model), backend, threads, sessions)
     images = np.random.default_rng(0).integers(0, 256, (batch, tile, tile, 3), dtype=np.uint8)
     for _ in range(2):
         instance.infer(images)
@@ -99,10 +100,10 @@ def measure_latency(
     for tile in options.tiles:
         if tile < 16 or tile % 16:
             raise SegclsError(f"tile sizes must be positive multiples of 16, got {tile}")
-    if min(options.batches) < 1 or min(options.rounds, options.runs, options.threads) < 1:
-        raise SegclsError("batch sizes, rounds, runs and threads must be >= 1")
+    if min(options.batches) < 1 or min(options.rounds, options.runs, options.threads, options.sessions) < 1:
+        raise SegclsError("batch sizes, rounds, runs, threads and sessions must be >= 1")
     models = [Path(m) for m in models]
-    backends = [_open(m, options.backend, options.threads) for m in models]
+    backends = [_open(m, options.backend, options.threads, options.sessions) for m in models]
     rng = np.random.default_rng(0)
     results = []
     configs = [(t, b) for t in options.tiles for b in options.batches]
@@ -144,13 +145,15 @@ def measure_latency(
         # One fresh process per configuration (max_tasks_per_child=1): a reused one keeps its peak.
         with ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
             for r in tqdm(results, desc="peak RSS", unit="process", disable=not progress):
-                rss = pool.submit(_peak_rss_mb, r["model"], options.backend, options.threads, r["tile"], r["batch"])
+                args = (r["model"], options.backend, options.threads, options.sessions, r["tile"], r["batch"])
+                rss = pool.submit(_peak_rss_mb, *args)
                 r["peak_rss_mb"] = round(rss.result(), 1)
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine(),
         "versions": versions(),
         "threads": options.threads,
+        "sessions": options.sessions,
         "warmup": options.warmup,
         "rounds": options.rounds,
         "runs_per_round": options.runs,
@@ -163,9 +166,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"Command: `{report['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['system']} (load average at the end {m['loadavg'][0]:.1f}); "
-        f"threads {report['threads']}; {report['warmup']} warm-up calls, then {report['rounds']} rounds x "
-        f"{report['runs_per_round']} calls per model, models alternating",
+        f"Machine: {cpu_line(m)}, {m['cores']} cores, {m['system']} (load average at the end {m['loadavg'][0]:.1f}); "
+        f"threads {report['threads']} in {report.get('sessions', 1)} session(s); {report['warmup']} warm-up calls, "
+        f"then {report['rounds']} rounds x {report['runs_per_round']} calls per model, models alternating",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
         "| model | backend | precision | device | tile | batch | p50 ms | p90 ms | p99 ms | tiles/s | Mpix/s "
@@ -192,10 +195,17 @@ def markdown(report: dict) -> str:
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls.")
 @click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1), help="Alternating rounds.")
 @click.option("--runs", default=2, show_default=True, type=click.IntRange(min=1), help="Timed calls per round.")
+@click.option(
+    "--sessions",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="ONNX Runtime CPU sessions sharing --threads, a batch's tiles split over them (segcls-infer runs 2).",
+)
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Peak RSS, one process per config.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON (+ .md).")
 @handle_errors
-def latency(models, backend, batches, tiles, threads, warmup, rounds, runs, memory, json_path) -> None:
+def latency(models, backend, batches, tiles, threads, sessions, warmup, rounds, runs, memory, json_path) -> None:
     """Latency (p50/p90/p99), tiles/s, Mpix/s and peak RSS of MODELS (.onnx, .pt, .engine), alternating."""
     import json
 
@@ -203,7 +213,7 @@ def latency(models, backend, batches, tiles, threads, warmup, rounds, runs, memo
 
     if json_path:
         check_writable(json_path)
-    options = LatencyOptions(backend, batches, tiles, threads, warmup, rounds, runs, memory)
+    options = LatencyOptions(backend, batches, tiles, threads, warmup, rounds, runs, memory, sessions)
     report = measure_latency(list(models), options)
     table = markdown(report)
     click.echo(table)

@@ -33,7 +33,7 @@ import click
 import numpy as np
 
 from segcls.atomic import atomic_path
-from segcls.bench.bench_infer import int_list
+from segcls.bench.bench_infer import cpu_line, int_list
 from segcls.cli._common import handle_errors
 from segcls.runtime.mask_writer import upsample_window
 from segcls.runtime.slide import Slide
@@ -250,7 +250,7 @@ def summarise(runs: list[dict]) -> list[dict]:
 def markdown(result: dict, command: str) -> str:
     m = result["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores (load average at the end {m['loadavg'][0]:.1f}, shared)",
+        f"Machine: {cpu_line(m)}, {m['cores']} cores (load average at the end {m['loadavg'][0]:.1f}, shared)",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         f"Command: `{command}`",
         "Model: random ResNet-18 segcls network, ONNX fp32, reads at 4 um/px; synthetic slides at 0.5 um/px.",

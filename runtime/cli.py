@@ -180,6 +180,13 @@ def _extra_option(kind: str, what: str):
     metavar="auto|N",
     help="Tile reader threads; auto: 1 per 8 cores beside a CPU backend, all cores but one beside a GPU.",
 )
+@click.option(
+    "--sessions",
+    default="auto",
+    show_default=True,
+    metavar="auto|N",
+    help="ONNX Runtime on the CPU: N sessions sharing the cores run tiles side by side; auto: 2 from 2 cores on.",
+)
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
 @click.option(
     "--ray",
@@ -230,7 +237,10 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, ray_addre
     rows = {row.slide: row for row in skipped}
     if todo:
         echo = lambda message: click.echo(message, err=True)  # noqa: E731
-        backend = open_model(model, opts.backend, precision=precision, tile=opts.tile, batch=opts.batch, log=echo)
+        backend = open_model(
+            model, opts.backend, sessions=opts.sessions, precision=precision, tile=opts.tile, batch=opts.batch,
+            log=echo,
+        )  # fmt: skip
         click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
         try:
             for slide, outputs in todo:

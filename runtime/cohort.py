@@ -145,8 +145,9 @@ class _SlideWorker:
     def __init__(self, model: str, options: InferOptions, precision: str | None, threads: int) -> None:
         # As the local run opens it (precision, engine tile and batch), on this worker's share of the CPUs.
         self.backend = open_model(
-            model, options.backend, precision=precision, tile=options.tile, batch=options.batch, threads=threads
-        )
+            model, options.backend, precision=precision, tile=options.tile, batch=options.batch, threads=threads,
+            sessions=options.sessions,
+        )  # fmt: skip
         self.threads = threads
 
     def run(self, slide: str, outputs: dict[str, Path], options: InferOptions) -> tuple[SlideRow, str]:

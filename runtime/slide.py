@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,10 @@ from segcls.errors import SlideError
 _MAX_REGION_PIXELS = 1 << 30
 # get_thumbnail reads level windows of at most this many pixels per side.
 _THUMBNAIL_CHUNK = 4096
+# Decoded TIFF tiles kept per TiffSlide: tiles with context overlap their neighbours, so the pipeline asks
+# for the same stored tile 2-4 times, along a row and then from the next row down. 64 MB holds a row of
+# 512 px tiles across a 40k px read frame (Aperio's 240 px tiles: 90k px).
+_DECODED_CACHE_BYTES = 64 << 20
 
 
 # min-is-white, min-is-black, RGB, palette, YCbCr (JPEG-compressed: decoded to RGB by tifffile)
@@ -330,7 +335,23 @@ class TiffSlide(Slide):
                     f"{page.samplesperpixel} samples, photometric {photometric}"
                 )
         self.level_dimensions = tuple((p.imagewidth, p.imagelength) for p in self._pages)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the file handle's position
+        self._decoded = _DecodedTiles(_DECODED_CACHE_BYTES)
+
+    def _decode(self, page, index: int):
+        """(decoded segment (length, width, samples) or None, sample plane, segment y, segment x), cached."""
+        key = (id(page), index)
+        hit = self._decoded.get(key)
+        if hit is not None:
+            return hit
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        with self._lock:
+            self._tif.filehandle.seek(offset)
+            data = self._tif.filehandle.read(count) if count else None
+        segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
+        decoded = (None if segment is None else segment[0], s, sy, sx)
+        self._decoded.put(key, decoded, 0 if segment is None else segment.nbytes)
+        return decoded
 
     @property
     def properties(self) -> MappingProxyType:
@@ -365,14 +386,9 @@ class TiffSlide(Slide):
         contig = None if out is not None else np.zeros((h, w, samples), dtype=page.dtype)
         try:
             for index in _segments(page, x, y, w, h):
-                offset, count = page.dataoffsets[index], page.databytecounts[index]
-                with self._lock:
-                    self._tif.filehandle.seek(offset)
-                    data = self._tif.filehandle.read(count) if count else None
-                segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
+                segment, s, sy, sx = self._decode(page, index)  # (length, width, contig samples)
                 if segment is None:
                     continue
-                segment = segment[0]  # (length, width, contig samples)
                 ys, xs = max(y, sy), max(x, sx)
                 ye, xe = min(y + h, sy + segment.shape[0]), min(x + w, sx + segment.shape[1])
                 if ye <= ys or xe <= xs:
@@ -393,6 +409,34 @@ class TiffSlide(Slide):
 
     def close(self) -> None:
         self._tif.close()
+
+
+class _DecodedTiles:
+    """A thread-safe least-recently-used store of decoded TIFF segments, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return None if item is None else item[0]
+
+    def put(self, key, value, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (value, nbytes)
+            self.bytes += nbytes
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.bytes -= dropped
 
 
 def _segments(page, x: int, y: int, w: int, h: int) -> list[int]:

@@ -40,8 +40,8 @@ def test_report_keys_per_model_and_config(model, tmp_path):
 
 def test_cli_writes_json_and_markdown_with_peak_rss(model, tmp_path):
     out = tmp_path / "lat.json"
-    args = ["latency", str(model), "--batch", "1", "--tile", "32", "--threads", "1", "--warmup", "0",
-            "--rounds", "1", "--runs", "1", "--json", str(out)]  # fmt: skip
+    args = ["latency", str(model), "--batch", "1", "--tile", "32", "--threads", "2", "--sessions", "2",
+            "--warmup", "0", "--rounds", "1", "--runs", "1", "--json", str(out)]  # fmt: skip
     ballast = np.ones(400 * 2**20, np.uint8)  # this process's peak is now >= 400 MB; a fresh one's is not
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -51,7 +51,8 @@ def test_cli_writes_json_and_markdown_with_peak_rss(model, tmp_path):
     del ballast
     table = out.with_suffix(".md").read_text()
     assert "| model | backend | precision |" in table and "Machine:" in table and "Versions:" in table
-    assert "Command:" in table and "threads 1" in table and model.name in table
+    assert "Command:" in table and "threads 2 in 2 session(s)" in table and model.name in table
+    assert report["sessions"] == 2
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,7 @@ def truncated(tmp_path: Path) -> Path:
         ("model_without_description", "no segcls metadata"),
         ("output_folder_missing", "output folder does not exist"),
         ("bad_overlap", "--overlap must be a multiple of 16"),
+        ("bad_sessions", "--sessions must be 'auto' or a number >= 1"),
     ],
 )
 def test_bad_input_gives_error_and_no_mask(tmp_path, model, png_slide, case, message):
@@ -128,6 +129,8 @@ def test_bad_input_gives_error_and_no_mask(tmp_path, model, png_slide, case, mes
         out = tmp_path / "nowhere" / "out.tif"
     elif case == "bad_overlap":
         extra += ["--overlap", "24"]
+    elif case == "bad_sessions":
+        extra += ["--sessions", "many"]
     args = [slide, "-o", out, "--model", model_path, *FAST, *extra]
     if case == "bad_overlap":
         args.remove("32")

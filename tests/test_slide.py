@@ -166,3 +166,44 @@ def test_direct_decode_falls_back_to_openslide_when_pixels_differ(monkeypatch):
     with open_slide(CMU) as slide:
         assert slide.decoder == "openslide"
         assert slide.read_region((1000, 1500), 0, (64, 64)).max() > 128
+
+
+def test_overlapping_reads_decode_each_stored_tile_once(tmp_path, rgb, monkeypatch):
+    """Tiles with context overlap: a stored tile is decoded once and reused, with the same pixels."""
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64), compression="zlib")
+    from segcls.runtime import slide as slide_module
+
+    decoded = []  # every decode ends in a put: (page, segment index)
+    real = slide_module._DecodedTiles.put
+
+    def counting(self, key, value, nbytes):
+        decoded.append(key)
+        return real(self, key, value, nbytes)
+
+    monkeypatch.setattr(slide_module._DecodedTiles, "put", counting)
+    with TiffSlide(path) as slide:
+        regions = [((x, y), (160, 128)) for y in (0, 96, 192) for x in (0, 112, 224, 336)]  # 48 px of overlap
+        for location, size in regions:
+            (x, y), (w, h) = location, size
+            expected = np.full((h, w, 3), 255, dtype=np.uint8)
+            part = rgb[y : y + h, x : x + w]
+            expected[: part.shape[0], : part.shape[1]] = part
+            np.testing.assert_array_equal(slide.read_region(location, 0, size), expected)
+    assert sorted(decoded) == sorted(set(decoded))  # no stored tile decoded twice
+    assert len(decoded) == 5 * 8  # every tile of the 300 x 500 image, once
+
+
+def test_decoded_tiles_stay_within_their_bytes():
+    from segcls.runtime.slide import _DecodedTiles
+
+    cache = _DecodedTiles(max_bytes=100)
+    for key in range(10):
+        cache.put(key, f"tile {key}", 30)
+        assert cache.bytes <= 100
+    assert cache.get(0) is None and cache.get(9) == "tile 9"  # the oldest went first
+    cache.get(7)  # used again: kept over 8
+    cache.put(10, "tile 10", 30)
+    assert cache.get(7) == "tile 7" and cache.get(8) is None
+    cache.put(11, "too big", 101)
+    assert cache.get(11) is None and cache.bytes <= 100

@@ -245,6 +245,8 @@ class OnnxRuntimeBackend(Backend):
 
 
 def _gathered(tiles: list[Future]) -> BackendOutput:
-    """One batch's outputs from the tasks of its tiles, in tile order."""
+    """One batch's outputs from the tasks of its tiles, in tile order; all of them have ended before an
+    error of any is raised, so none still reads the batch."""
+    wait(tiles)
     outputs = [f.result() for f in tiles]
     return BackendOutput(*(np.concatenate(parts) for parts in zip(*outputs, strict=True)))

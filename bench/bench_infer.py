@@ -96,10 +96,12 @@ def machine() -> dict:
     flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
-            info = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
+            fields: dict[str, str] = {}
+            for key, value in (line.split(":", 1) for line in f if ":" in line):
+                fields.setdefault(key.strip(), value.strip())  # the first CPU's
+        cpu = fields["model name"]
+        flags = set(fields.get("flags", "").split())
+    except (OSError, KeyError):
         pass
     return {
         "cpu": cpu,
@@ -117,7 +119,7 @@ def cpu_line(m: dict) -> str:
 
 def environment() -> dict:
     """What a result must be read with: the machine, its load, the library versions, the threads."""
-    from segcls.runtime.pipeline import available_cores
+    from segcls.runtime.cores import available_cores
 
     return {"machine": machine(), "versions": versions(), "cores_available": available_cores(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip

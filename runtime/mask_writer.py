@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from segcls.atomic import atomic_path
+from segcls.runtime.cores import available_cores
 from segcls.tiff import palette_colormap, pyramid_sizes, tile_encoder, write_pyramid
 
 UNLABELLED = 255
@@ -127,8 +128,6 @@ class MaskWriter:
         ]
         self._encode = tile_encoder(compression, compression_level)
         self._uniform: dict[tuple[int, int, int], bytes] = {}  # (value, h, w) -> bytes of that tile
-        from segcls.runtime.pipeline import available_cores  # lazily: the pipeline imports this module lazily
-
         self.workers = workers or min(4, available_cores())
         self.cpu_seconds = 0.0  # thread CPU time spent upsampling and compressing
         description = json.dumps(

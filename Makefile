@@ -18,6 +18,7 @@ setup: $(BIN)/segcls-train
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/lint_imports.py
 
 test: setup lint
 	$(BIN)/python -m pytest -q
@@ -27,7 +28,7 @@ demo: setup
 
 # Mutation testing of the core (docs/mutation.md): hours on 2 cores, so not part of `test` or CI.
 # cosmic-ray mutates the files in place and restores them: do not edit the tree while it runs.
-# MODULES="segcls/metrics.py runtime/score.py" limits it; `--report` / `--retest` via MUTATE_ARGS.
+# MODULES="segcls/core/metrics.py runtime/score.py" limits it; `--report` / `--retest` via MUTATE_ARGS.
 MODULES ?=
 MUTATE_ARGS ?=
 mutate: setup

@@ -43,7 +43,7 @@ def _session(model: Path):
 
 
 def _plan(slide, model: Path, mpp: float | None):
-    from segcls.runtime.model_info import read_model_info
+    from segcls.core.model_info import read_model_info
     from segcls.runtime.tiling import plan_read
 
     description = read_model_info(model).description
@@ -52,7 +52,7 @@ def _plan(slide, model: Path, mpp: float | None):
 
 def _open(slide_path: str | Path):
     """The slide as an OpenSlide user reads it: OpenSlide's own decoder (not segcls' direct TIFF decode)."""
-    from segcls.errors import SlideError
+    from segcls.core.errors import SlideError
     from segcls.runtime.slide import OpenSlideSlide, open_slide
 
     try:

@@ -34,7 +34,7 @@ RESULTS = Path(__file__).parent / "results"
 def random_model(folder: Path, mpp: float) -> Path:
     """A randomly initialised network exported to ONNX (needs torch + onnx: the export extras)."""
     from segcls.checkpoint import save_checkpoint
-    from segcls.description import ModelDescription
+    from segcls.core.description import ModelDescription
     from segcls.export.onnx_export import export_onnx
     from segcls.model import build_model
 
@@ -151,7 +151,7 @@ def command_line() -> str:
 
 def write_results(json_path: Path, data: dict, text: str) -> None:
     """`json_path` and the markdown `text` beside it (same stem, .md), each written atomically."""
-    from segcls.atomic import atomic_path
+    from segcls.core.atomic import atomic_path
 
     json_path = Path(json_path)
     with atomic_path(json_path) as tmp:

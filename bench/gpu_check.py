@@ -26,8 +26,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from segcls.atomic import atomic_path
 from segcls.bench.bench_infer import cpu_line, machine, synthetic_slide, versions
+from segcls.core.atomic import atomic_path
 from segcls.runtime.backends import Backend, BackendOutput
 from segcls.runtime.pipeline import InferOptions, infer_slide
 from segcls.runtime.tiling import DEFAULT_OVERLAP
@@ -75,7 +75,7 @@ def random_checkpoint(folder: Path, mpp: float = 0.5) -> Path:
     import torch
 
     from segcls.checkpoint import save_checkpoint
-    from segcls.description import ModelDescription
+    from segcls.core.description import ModelDescription
     from segcls.model import build_model
 
     torch.manual_seed(0)

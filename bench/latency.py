@@ -27,7 +27,7 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import cpu_line, int_list
-from segcls.cli._common import handle_errors
+from segcls.core.cli import handle_errors
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def measure_latency(
     from tqdm import tqdm
 
     from segcls.bench.bench_infer import machine, versions
-    from segcls.errors import SegclsError
+    from segcls.core.errors import SegclsError
 
     if not models:
         raise SegclsError("give at least one MODEL")
@@ -209,7 +209,7 @@ def latency(models, backend, batches, tiles, threads, sessions, warmup, rounds, 
     """Latency (p50/p90/p99), tiles/s, Mpix/s and peak RSS of MODELS (.onnx, .pt, .engine), alternating."""
     import json
 
-    from segcls.atomic import atomic_path, check_writable
+    from segcls.core.atomic import atomic_path, check_writable
 
     if json_path:
         check_writable(json_path)

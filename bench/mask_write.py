@@ -32,12 +32,12 @@ from types import MappingProxyType
 import click
 import numpy as np
 
-from segcls.atomic import atomic_path
 from segcls.bench.bench_infer import cpu_line, int_list
-from segcls.cli._common import handle_errors
+from segcls.core.atomic import atomic_path
+from segcls.core.cli import handle_errors
+from segcls.core.tiff import palette_colormap, pyramid_sizes, write_pyramid
 from segcls.runtime.mask_writer import upsample_window
 from segcls.runtime.slide import Slide
-from segcls.tiff import palette_colormap, pyramid_sizes, write_pyramid
 
 WRITERS = ("serial", "streamed")
 _CHUNK_ROWS = 256  # rows rendered at once: bounds the renderer's temporaries whatever the region size

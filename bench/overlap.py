@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
-from segcls.cli._common import handle_errors
+from segcls.core.cli import handle_errors
 
 GLASS = 256  # white margin around the whole image: more than the network's receptive field reaches
 
@@ -122,7 +122,7 @@ def markdown(result: dict, env: dict) -> str:
 @handle_errors
 def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_path) -> None:
     """Labels agreement of tiled vs whole-image inference per overlap and tile size, on a region of SLIDE."""
-    from segcls.runtime.model_info import read_model_info
+    from segcls.core.model_info import read_model_info
     from segcls.runtime.slide import open_slide
     from segcls.runtime.tiling import plan_read, read_tile
 

@@ -16,8 +16,8 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
-from segcls.cli._common import handle_errors
-from segcls.description import ModelDescription
+from segcls.core.cli import handle_errors
+from segcls.core.description import ModelDescription
 from segcls.runtime.backends.base import Backend, BackendOutput
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 

@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
-from segcls.cli._common import handle_errors
+from segcls.core.cli import handle_errors
 
 DEFAULT_SHAPES = "1024x1024,1024x928,1024x512,1024x256,512x512,256x1024,256x256,384x640,128x128"
 

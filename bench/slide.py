@@ -29,8 +29,8 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
-from segcls.cli._common import handle_errors
-from segcls.errors import SegclsError
+from segcls.core.cli import handle_errors
+from segcls.core.errors import SegclsError
 
 METHODS = ("segcls", "plain", "window", "before")
 DEFAULT_METHODS = METHODS[:3]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from segcls.cli._common import handle_errors, require_extra
+from segcls.core.cli import handle_errors, require_extra
 from segcls.export.quantize import CALIBRATION_METHODS, Int8Options
 
 
@@ -68,7 +68,7 @@ def main(
     if int8 != (calibrate is not None):
         raise click.UsageError("--int8 and --calibrate DATASET go together")
     if build_trt:
-        from segcls.runtime.backends.tensorrt import import_tensorrt
+        from segcls.core.cuda import import_tensorrt
 
         engine = engine or output.with_suffix(".engine")
         check_output_path(engine, (".engine", ".plan", ".trt"))
@@ -87,7 +87,7 @@ def main(
         result = export_onnx(checkpoint, output, fp16=fp16, opset=opset, verify_size=verify_size, log=click.echo)
     click.echo(result.summary())
     if build_trt:
-        from segcls.export.tensorrt import build_engine
+        from segcls.core.engine import build_engine
 
         built = build_engine(
             output, engine, max_batch=max_batch, tile=tile, workspace_gib=workspace,

@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcls.atomic import atomic_path, check_writable
-from segcls.errors import ExportError, SegclsError
-from segcls.export.verify import VerificationReport, float32_compute
-from segcls.runtime.model_info import (
+from segcls.core.atomic import atomic_path, check_writable
+from segcls.core.errors import ExportError, SegclsError
+from segcls.core.model_info import (
     INPUT_NAME,
     KEY_CHECKPOINT_SHA256,
     KEY_DESCRIPTION,
@@ -31,6 +30,7 @@ from segcls.runtime.model_info import (
     KEY_VERSION,
     OUTPUT_NAMES,
 )
+from segcls.export.verify import VerificationReport, float32_compute
 
 # Shape of the example input the exporter traces with; any multiple of 16 works, small is fast.
 _TRACE_SHAPE = (2, 64, 64, 3)
@@ -75,7 +75,7 @@ def export_onnx(
 
     from segcls import __version__
     from segcls.checkpoint import file_sha256, load_model
-    from segcls.export.graph import DeployedModel
+    from segcls.deployed import DeployedModel
     from segcls.export.verify import verify_onnx
 
     output = Path(output)

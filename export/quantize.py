@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segcls.atomic import atomic_path
-from segcls.errors import DatasetError, SegclsError
+from segcls.core.atomic import atomic_path
+from segcls.core.errors import DatasetError, SegclsError
+from segcls.core.model_info import INPUT_NAME, KEY_OPSET, KEY_PRECISION, read_model_info
 from segcls.export.onnx_export import ExportResult, check_output_path, export_onnx
 from segcls.export.verify import INT8_MAX_F1_DELTA, INT8_MIN_AGREEMENT, verify_int8
-from segcls.runtime.model_info import INPUT_NAME, KEY_OPSET, KEY_PRECISION, read_model_info
 
 if TYPE_CHECKING:
     from segcls.data.folder import DatasetFolder

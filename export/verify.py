@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.errors import ExportError
-from segcls.runtime.model_info import INPUT_NAME
+from segcls.core.errors import ExportError
+from segcls.core.model_info import INPUT_NAME
 
 FP32_PROBS_ATOL = 1e-4
 FP32_MIN_AGREEMENT = 0.999
@@ -156,7 +156,7 @@ def verify_int8(
     the `test` (image, mask) pairs, whole images as `segcls.evaluate` scores them."""
     from tqdm import tqdm
 
-    from segcls.metrics import ConfusionMatrix
+    from segcls.core.metrics import ConfusionMatrix
 
     int8, fp32 = _cpu_session(int8_path, "int8"), _cpu_session(fp32_path)
     same = total = 0
@@ -187,7 +187,7 @@ def verify_int8(
 def predict_labels(session, image: np.ndarray) -> np.ndarray:
     """Whole-image labels (H, W) from an ONNX session, as `segcls.evaluate.predict_labels` makes them:
     edge padding to a multiple of 16, argmax at stride 8, nearest upsampling."""
-    from segcls.description import INPUT_MULTIPLE, NETWORK_STRIDE
+    from segcls.core.description import INPUT_MULTIPLE, NETWORK_STRIDE
 
     h, w = image.shape[:2]
     padded = np.pad(image, ((0, -h % INPUT_MULTIPLE), (0, -w % INPUT_MULTIPLE), (0, 0)), mode="edge")
@@ -199,7 +199,7 @@ def _cpu_session(path: str | Path, precision: str = "fp32"):
     """A CPU session set up as the runtime's ONNX Runtime backend sets one up for a model of `precision`."""
     import onnxruntime as ort
 
-    from segcls.runtime.backends.onnxruntime import disabled_optimizers
+    from segcls.core.model_info import disabled_optimizers
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from segcls.cli._common import handle_errors
-from segcls.errors import SegclsError
+from segcls.core.cli import handle_errors
+from segcls.core.errors import SegclsError
 from segcls.runtime.backends import BACKENDS, PRECISIONS
 from segcls.runtime.stitch import STITCH_MODES
 from segcls.runtime.tiling import DEFAULT_OVERLAP

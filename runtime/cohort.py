@@ -27,8 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segcls.atomic import atomic_path
-from segcls.errors import BackendUnavailableError, SegclsError
+from segcls.core.atomic import atomic_path
+from segcls.core.errors import BackendUnavailableError, SegclsError
 from segcls.runtime.backends import Backend, backend_for
 from segcls.runtime.pipeline import InferOptions, available_cores, infer_slide, open_model, reader_budget, result_line
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segcls.atomic import atomic_path
+from segcls.core.atomic import atomic_path
 
 UNLABELLED = 255
 # Edge directions in image coordinates (x right, y down); d + 1 is a right turn on screen.

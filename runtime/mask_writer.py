@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.atomic import atomic_path
+from segcls.core.atomic import atomic_path
+from segcls.core.tiff import palette_colormap, pyramid_sizes, tile_encoder, write_pyramid
 from segcls.runtime.cores import available_cores
-from segcls.tiff import palette_colormap, pyramid_sizes, tile_encoder, write_pyramid
 
 UNLABELLED = 255
 

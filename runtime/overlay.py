@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.atomic import atomic_path
+from segcls.core.atomic import atomic_path
 
 UNLABELLED = 255
 

@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segcls.atomic import atomic_path, check_writable
-from segcls.description import ModelDescription
-from segcls.errors import ModelError, SegclsError, SlideError
+from segcls.core.atomic import atomic_path, check_writable
+from segcls.core.description import ModelDescription
+from segcls.core.errors import ModelError, SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
 from segcls.runtime.cores import available_cores
 from segcls.runtime.stitch import STITCH_MODES, make_stitcher

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from segcls.errors import SlideError
-from segcls.metrics import ConfusionMatrix, Scores
+from segcls.core.errors import SlideError
+from segcls.core.metrics import ConfusionMatrix, Scores
 
 
 def read_mask_level(path: str | Path, max_pixels: int = 64_000_000) -> np.ndarray:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from segcls.errors import SlideError
+from segcls.core.errors import SlideError
 
 # Regions whose level-frame window is larger than this are refused rather than exhausting memory.
 _MAX_REGION_PIXELS = 1 << 30

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from segcls.description import INPUT_MULTIPLE, NETWORK_STRIDE
-from segcls.errors import SegclsError, SlideError
+from segcls.core.description import INPUT_MULTIPLE, NETWORK_STRIDE
+from segcls.core.errors import SegclsError, SlideError
 
 # The default context on each side of a tile: the least that keeps tiled labels >= 99.5 % equal to
 # whole-image labels at tile 1024 on a trained model (docs/overlap.md).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.errors import SlideError
+from segcls.core.errors import SlideError
 from segcls.runtime import regions
 
 # A pixel this dark in every channel is scanner padding, not tissue.

@@ -4,7 +4,7 @@ Importing the package is cheap: torch-dependent modules (model, train, export) a
 so that `segcls.runtime` works on a deployment box without torch.
 """
 
-from segcls.errors import (
+from segcls.core.errors import (
     BackendUnavailableError,
     CheckpointError,
     DatasetError,

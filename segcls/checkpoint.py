@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from segcls.atomic import atomic_path
-from segcls.description import ModelDescription
-from segcls.errors import CheckpointError
-from segcls.hashing import file_sha256  # noqa: F401 - re-exported: callers import it from here
+from segcls.core.atomic import atomic_path
+from segcls.core.description import ModelDescription
+from segcls.core.errors import CheckpointError
+from segcls.core.hashing import file_sha256  # noqa: F401 - re-exported: callers import it from here
 from segcls.model import SegClsNet, build_model
 
 FORMAT = "segcls-checkpoint"

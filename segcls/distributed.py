@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 
 # Rank 0 validates (and writes checkpoints) while the others wait at their next collective: the default
 # 10-30 min timeout would kill a run whose validation split is large.

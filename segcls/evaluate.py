@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segcls.core.description import INPUT_MULTIPLE, ModelDescription
+from segcls.core.metrics import ConfusionMatrix, Scores
 from segcls.data.augment import normalize
 from segcls.data.cache import TileSet
 from segcls.data.folder import DatasetFolder, load_pair
 from segcls.data.tiles import CLS
-from segcls.description import INPUT_MULTIPLE, ModelDescription
-from segcls.metrics import ConfusionMatrix, Scores
 from segcls.model import SegClsNet
 
 
@@ -97,9 +97,9 @@ def classification_accuracy(
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "test") -> dict:
     """Scores of a checkpoint on one split of a dataset folder (what `segcls-eval` prints)."""
     from segcls.checkpoint import load_model
+    from segcls.core.errors import DatasetError
     from segcls.data.cache import build_tileset
     from segcls.data.folder import open_dataset
-    from segcls.errors import DatasetError
 
     model, description, payload = load_model(checkpoint)
     split_seed = int(payload.get("config", {}).get("split_seed", 0))

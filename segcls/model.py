@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segcls.errors import CheckpointError
+from segcls.core.errors import CheckpointError
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segcls.atomic import atomic_path
-from segcls.errors import SegclsError
+from segcls.core.atomic import atomic_path
+from segcls.core.errors import SegclsError
 
 if TYPE_CHECKING:
     from segcls.train import TrainConfig

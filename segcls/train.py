@@ -32,16 +32,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from segcls import distributed
-from segcls.atomic import atomic_path
 from segcls.checkpoint import load_checkpoint, save_checkpoint
+from segcls.core.atomic import atomic_path
+from segcls.core.description import ModelDescription
+from segcls.core.errors import CheckpointError, SegclsError
+from segcls.core.metrics import IGNORE_INDEX
 from segcls.data.augment import augment_batch
 from segcls.data.cache import TileSet, build_tileset
 from segcls.data.folder import open_dataset
 from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS, Selection, select_tiles, select_tiles_cls_task
-from segcls.description import ModelDescription
-from segcls.errors import CheckpointError, SegclsError
 from segcls.evaluate import classification_accuracy, evaluate_images, evaluate_pairs, load_pairs
-from segcls.metrics import IGNORE_INDEX
 from segcls.model import SegClsNet, build_model
 
 MODES = ("two-step", "joint")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segcls.tiff import write_pyramid
+from segcls.core.tiff import write_pyramid
 
 TISSUE = (200, 110, 170)  # H&E pink: saturated, so tissue detection keeps it
 GLASS = (246, 246, 246)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.description import ModelDescription
+from segcls.core.description import ModelDescription
 
 CLASSES = ("background", "benign", "tumour")
 
@@ -15,7 +15,7 @@ def deployed(seed: int = 0, mpp: float | None = 2.0, classes=CLASSES):
     """A DeployedModel with seeded random weights (and random BatchNorm statistics, so the labels vary)."""
     import torch
 
-    from segcls.export.graph import DeployedModel
+    from segcls.deployed import DeployedModel
     from segcls.model import build_model
 
     torch.manual_seed(seed)

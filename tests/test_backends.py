@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _runtime_models import exported_onnx, save_checkpoint, tissue_image, without_metadata
 
-from segcls.errors import ModelError, SegclsError
+from segcls.core.errors import ModelError, SegclsError
 from segcls.runtime.backends import backend_for, open_backend
 
 

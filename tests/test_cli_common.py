@@ -4,9 +4,9 @@ import signal
 import click
 from click.testing import CliRunner
 
-from segcls.atomic import atomic_path
-from segcls.cli._common import handle_errors
-from segcls.errors import DatasetError
+from segcls.core.atomic import atomic_path
+from segcls.core.cli import handle_errors
+from segcls.core.errors import DatasetError
 
 
 def _command(tmp_path, action):

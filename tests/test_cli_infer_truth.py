@@ -51,7 +51,7 @@ def test_truth_scores_the_mask_against_a_finer_hand_made_truth(tmp_path, model):
     right[right != 255] = (right[right != 255] + 1) % 3
     truth[: h // 8] = 255
     assert (truth[:, : w // 2] != 255).any() and (truth[:, w // 2 :] != 255).any()
-    from segcls.tiff import palette_colormap, write_pyramid
+    from segcls.core.tiff import palette_colormap, write_pyramid
 
     write_pyramid(
         tmp_path / "truth.tif",

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from segcls.core.description import IMAGENET_MEAN, IMAGENET_STD
 from segcls.data.augment import augment_batch, normalize
-from segcls.description import IMAGENET_MEAN, IMAGENET_STD
 
 NO_JITTER = {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
 IDENTITY = ((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))  # mean, std that give back 0..255

@@ -6,9 +6,9 @@ import tifffile
 from _data_helpers import random_image, write_dataset
 from PIL import Image
 
+from segcls.core.description import default_colors
+from segcls.core.errors import DatasetError
 from segcls.data.folder import default_split, image_size, load_pair, open_dataset, read_image, read_mask
-from segcls.description import default_colors
-from segcls.errors import DatasetError
 
 
 def _pairs(n: int, size: int = 32) -> dict:

@@ -5,11 +5,11 @@ import PIL.Image
 import pytest
 from _data_helpers import block_mask, random_image, write_dataset
 
+from segcls.core.errors import DatasetError
 from segcls.data import cache as cache_module
 from segcls.data.cache import build_tileset
 from segcls.data.folder import open_dataset
 from segcls.data.tiles import CLS, SEG, grid_kinds, tile_kind
-from segcls.errors import DatasetError
 
 
 def _tile(counts: dict[int, int], shape=(10, 10)) -> np.ndarray:

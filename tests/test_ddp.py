@@ -16,7 +16,7 @@ import torch
 from _train_helpers import colour_dataset
 
 from segcls import distributed
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 from segcls.model import build_model
 from segcls.train import TrainConfig, train
 

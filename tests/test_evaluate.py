@@ -2,8 +2,8 @@ import torch
 from _train_helpers import colour_dataset
 
 import segcls.evaluate
+from segcls.core.description import ModelDescription
 from segcls.data.folder import open_dataset
-from segcls.description import ModelDescription
 from segcls.evaluate import evaluate_images, evaluate_pairs, load_pairs
 from segcls.model import build_model
 from segcls.train import TrainConfig, train

@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 
 from segcls.checkpoint import file_sha256, save_checkpoint
-from segcls.description import ModelDescription
-from segcls.errors import ExportError, ModelError, SegclsError
+from segcls.core.description import ModelDescription
+from segcls.core.errors import ExportError, ModelError, SegclsError
+from segcls.core.model_info import read_model_info
+from segcls.deployed import DeployedModel
 from segcls.export.cli import main
-from segcls.export.graph import DeployedModel
 from segcls.export.onnx_export import export_onnx
 from segcls.export.verify import float32_compute, tissue_like_images, verify_onnx
 from segcls.model import build_model
-from segcls.runtime.model_info import read_model_info
 
 DESCRIPTION = ModelDescription(classes=("background", "benign", "tumour"), mpp=0.5, tile_size=128, setting="S+C")
 
@@ -237,5 +237,5 @@ def test_cli_trt_without_tensorrt(checkpoint, workdir, monkeypatch):
 
 def test_description_json_in_metadata(exported):
     meta = read_model_info(exported.path).metadata
-    assert json.loads(meta["segcls.description"])["classes"] == list(DESCRIPTION.classes)
+    assert json.loads(meta["segcls.core.description"])["classes"] == list(DESCRIPTION.classes)
     assert meta["segcls.precision"] == "fp32" and int(meta["segcls.opset"]) >= 17

@@ -1,4 +1,4 @@
-"""runtime/model_info.py: what export writes, the runtime reads back (no torch, no onnx needed)."""
+"""segcls/core/model_info.py: what export writes, the runtime reads back (no torch, no onnx needed)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from segcls.description import ModelDescription
-from segcls.errors import ModelError
-from segcls.runtime import model_info as mi
+from segcls.core.description import ModelDescription
+from segcls.core.errors import ModelError
+from segcls.core import model_info as mi
 
 DESCRIPTION = ModelDescription(classes=("x", "y"), mpp=0.25, tile_size=256, extra={"note": "ü"})
 
@@ -106,7 +106,7 @@ def test_runtime_modules_do_not_import_torch():
     import sys
 
     code = (
-        "import sys; import segcls.runtime.model_info, segcls.runtime.backends.tensorrt; "
+        "import sys; import segcls.core.model_info, segcls.runtime.backends.tensorrt; "
         "sys.exit('torch' in sys.modules or 'onnx' in sys.modules or 'tensorrt' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

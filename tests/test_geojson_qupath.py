@@ -92,9 +92,9 @@ def test_pipeline_options(tmp_path):
     from _runtime_models import tissue_image
     from test_prepare_qupath import ColourBackend
 
-    from segcls.errors import SegclsError
+    from segcls.core.errors import SegclsError
+    from segcls.core.tiff import write_pyramid
     from segcls.runtime.pipeline import InferOptions, infer_slide
-    from segcls.tiff import write_pyramid
 
     pixels = tissue_image(600, 800, seed=1)
     slide = tmp_path / "s.tif"

@@ -11,10 +11,10 @@ import pytest
 import tifffile
 
 from segcls.bench.mask_write import SerialMaskWriter, SyntheticSlide
+from segcls.core.tiff import pyramid_sizes
 from segcls.runtime.mask_writer import MaskWriter, write_mask
 from segcls.runtime.stitch import make_stitcher
 from segcls.runtime.tiling import TileGrid
-from segcls.tiff import pyramid_sizes
 
 COLORS = [(255, 0, 0), (0, 128, 255), (10, 200, 30)]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segcls.metrics import ConfusionMatrix, bach_score, pixel_scores
+from segcls.core.metrics import ConfusionMatrix, bach_score, pixel_scores
 
 
 def test_f1_per_class_macro_micro_by_hand():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from segcls.errors import CheckpointError
+from segcls.core.errors import CheckpointError
 from segcls.model import ResNet18Encoder, SegClsNet, build_model, classification_layer, load_pretrained_encoder
 
 

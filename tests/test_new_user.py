@@ -117,7 +117,7 @@ def test_infer_into_an_existing_folder_runs(tmp_path):
 
 def test_a_truncated_tiff_prints_only_segcls_error(tmp_path):
     """In a real console (a subprocess: pytest would capture the log records itself)."""
-    from segcls.tiff import write_pyramid
+    from segcls.core.tiff import write_pyramid
 
     pixels = tissue_image(512, 512, seed=1)
     full = tmp_path / "full.tif"

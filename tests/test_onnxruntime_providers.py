@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 from _runtime_models import exported_onnx, tissue_image
 
-from segcls.errors import BackendUnavailableError
+from segcls.core.errors import BackendUnavailableError
 from segcls.runtime.backends import open_backend
 from segcls.runtime.backends.lazy import LazyArray
 from segcls.runtime.backends.onnxruntime import OnnxRuntimeBackend, provider_options

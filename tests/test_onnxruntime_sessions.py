@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 from _runtime_models import exported_onnx, tissue_image
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 from segcls.runtime.backends import open_backend
 from segcls.runtime.pipeline import InferOptions, cpu_sessions, infer_slide, open_model
 

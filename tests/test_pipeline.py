@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from segcls.errors import SegclsError, SlideError
+from segcls.core.errors import SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
 from segcls.runtime.pipeline import InferOptions, detection_side, infer_slide
 from segcls.runtime.tiling import TileGrid
@@ -246,7 +246,7 @@ def test_bad_options_are_refused(backend, image, tmp_path):
 
 PEAK_SCRIPT = """
 import numpy as np
-from segcls.description import ModelDescription
+from segcls.core.description import ModelDescription
 from segcls.runtime.backends.base import Backend, BackendOutput
 from segcls.runtime.pipeline import InferOptions, detection_side, infer_slide
 
@@ -337,7 +337,7 @@ class ColourBackend(Backend):
         self.kept: list[np.ndarray] = []  # kept alive, so a fresh array per batch would get a fresh address
 
     def load(self) -> None:
-        from segcls.description import ModelDescription
+        from segcls.core.description import ModelDescription
 
         self.description = ModelDescription(classes=("a", "b", "c"), mpp=2.0)
 

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segcls.cli.prepare import main
+from segcls.core.errors import DatasetError
 from segcls.data.folder import load_pair, open_dataset
-from segcls.errors import DatasetError
 from segcls.prepare.bach import CLASSES, PARTA_MPP, prepare_bach, read_annotations
 
 MPP4 = SLIDE_MPP * 4  # pyramid level 2 of the fixture slide (levels halve)

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segcls.cli.prepare import main
+from segcls.core.errors import DatasetError
 from segcls.data.folder import default_split, load_pair, open_dataset
-from segcls.errors import DatasetError
 from segcls.prepare.digestpath2019 import prepare_digestpath2019
 
 W, H = 300, 240

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segcls.cli.prepare import main
+from segcls.core.errors import DatasetError
 from segcls.data.folder import load_pair, open_dataset
-from segcls.errors import DatasetError
 from segcls.prepare.gleason2019 import CLASSES, majority_vote, prepare_gleason2019
 
 U = 255

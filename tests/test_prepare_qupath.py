@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segcls.cli.prepare import main
+from segcls.core.description import ModelDescription
 from segcls.data.folder import open_dataset
-from segcls.description import ModelDescription
 from segcls.prepare.qupath import class_of, rasterize
 from segcls.runtime.backends.base import Backend, BackendOutput
 
@@ -377,8 +377,8 @@ def test_round_trip_through_segcls_infer_geojson(tmp_path):
     from _runtime_models import tissue_image
     from scipy import ndimage
 
+    from segcls.core.tiff import write_pyramid
     from segcls.runtime.pipeline import InferOptions, infer_slide
-    from segcls.tiff import write_pyramid
 
     model = ColourBackend()
     model.load()

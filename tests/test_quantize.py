@@ -15,14 +15,13 @@ from click.testing import CliRunner
 import segcls.export.cli as export_cli
 import segcls.export.onnx_export as onnx_export
 import segcls.export.quantize as quantize
+from segcls.core.errors import ExportError, SegclsError
+from segcls.core.model_info import disabled_optimizers, read_model_info
 from segcls.data.folder import open_dataset
-from segcls.errors import ExportError, SegclsError
 from segcls.export.onnx_export import export_onnx
 from segcls.export.quantize import Int8Options, fp32_attempts, int8_from_onnx, quantize_onnx, sample_tiles
 from segcls.export.verify import verify_int8
 from segcls.runtime.backends import open_backend
-from segcls.runtime.backends.onnxruntime import disabled_optimizers
-from segcls.runtime.model_info import read_model_info
 
 FAST = dict(tiles=4, tile_size=64, verify_tiles=4)
 # A random network has near ties everywhere, so no INT8 of it keeps 99 % of its labels: the export tests

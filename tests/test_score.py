@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from segcls.errors import SlideError
+from segcls.core.errors import SlideError
+from segcls.core.tiff import palette_colormap, write_pyramid
 from segcls.runtime.score import read_mask_level, score_masks
-from segcls.tiff import palette_colormap, write_pyramid
 
 
 def _write(path, labels):

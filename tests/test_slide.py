@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segcls.errors import SlideError
+from segcls.core.errors import SlideError
 from segcls.runtime.slide import ImageSlide, OpenSlideSlide, TiffSlide, open_slide
 
 CMU = Path(__file__).parent / "data" / "cmu-1-small-region.svs"

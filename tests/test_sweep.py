@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 import segcls.train
 from segcls.cli.sweep import main as sweep_main
+from segcls.core.errors import SegclsError
 from segcls.data.settings import select_tiles_cls_task
-from segcls.errors import SegclsError
 from segcls.sweep import summary_markdown
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 from segcls.synth import dataset as synth_dataset
 from segcls.synth.appearance import CLASSES, COLORS, label_region, render_region
 from segcls.synth.dataset import dataset_tile_kinds, make_dataset

@@ -5,7 +5,7 @@ import openslide
 import pytest
 import tifffile
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 from segcls.synth.appearance import CLASSES, COLORS, label_region, render_region
 from segcls.synth.slide import make_slide
 

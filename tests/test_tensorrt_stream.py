@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_export_tensorrt import _onnx
 
-from segcls.export.tensorrt import build_engine
+from segcls.core.engine import build_engine
 from segcls.runtime.backends.tensorrt import TensorRTBackend
 
 try:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segcls.errors import SegclsError, SlideError
+from segcls.core.errors import SegclsError, SlideError
 from segcls.runtime.tiling import ReadPlan, TileGrid, plan_read, read_tile, tissue_in_box
 
 

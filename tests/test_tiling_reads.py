@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segcls.errors import SlideError
+from segcls.core.errors import SlideError
 from segcls.runtime.tiling import plan_read, read_tile
 
 
@@ -74,7 +74,7 @@ def test_a_resolution_within_2_percent_of_a_level_reads_it_as_is():
     [(-16, 0, "--tile must be a positive multiple of 16"), (128, 64, "= 56 for --tile 128")],
 )
 def test_grid_refuses_negative_tiles_and_overlaps_that_leave_no_core(tile, overlap, message):
-    from segcls.errors import SegclsError
+    from segcls.core.errors import SegclsError
     from segcls.runtime.tiling import TileGrid
 
     with pytest.raises(SegclsError, match=message):

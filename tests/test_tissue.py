@@ -5,7 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segcls.errors import SlideError
+from segcls.core.errors import SlideError
 from segcls.runtime.slide import open_slide
 from segcls.runtime.tissue import TissueMask, detect_tissue, tissue_mask
 

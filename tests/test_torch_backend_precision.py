@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _runtime_models import save_checkpoint, tissue_image
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 from segcls.runtime.backends import open_backend
 from segcls.runtime.backends.torch import TorchBackend
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from _data_helpers import write_dataset
 from _train_helpers import COLOURS
 
+from segcls.core.metrics import IGNORE_INDEX
 from segcls.data.augment import normalize
 from segcls.data.tiles import SEG
-from segcls.metrics import IGNORE_INDEX
 from segcls.train import TrainConfig, Trainer, class_weights
 
 RED, GREEN, BLUE = 0, 1, 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from segcls.errors import ExportError
+from segcls.core.errors import ExportError
 from segcls.export.verify import (
     FP16_MIN_AGREEMENT,
     FP16_SCORES_TOL,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from segcls.errors import ModelError, SegclsError
+from segcls.core.errors import ModelError, SegclsError
+from segcls.core.model_info import ENGINE_SUFFIXES
 from segcls.runtime.backends.base import Backend, BackendOutput
-from segcls.runtime.model_info import ENGINE_SUFFIXES
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")  # the torch backend's
@@ -62,7 +62,7 @@ def open_backend(
             "(segcls-export --fp16 for an FP16 model)"
         )
     if backend == "tensorrt" and kind == "onnxruntime":
-        from segcls.export.tensorrt import cached_engine
+        from segcls.core.engine import cached_engine
 
         model_path, kind = cached_engine(model_path, tile=tile, max_batch=batch, log=log), "tensorrt"
         kwargs.pop("threads", None)  # ONNX Runtime's CPU threads, given for the .onnx: nothing to an engine

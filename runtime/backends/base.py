@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segcls.description import ModelDescription
+from segcls.core.description import ModelDescription
 
 
 class BackendOutput(NamedTuple):

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.errors import BackendUnavailableError, ModelError, SegclsError
+from segcls.core.errors import BackendUnavailableError, ModelError, SegclsError
+from segcls.core.model_info import INPUT_NAME, OUTPUT_NAMES, ModelInfo, disabled_optimizers, read_model_info
 from segcls.runtime.backends.base import Backend, BackendOutput
 from segcls.runtime.backends.lazy import LazyArray
 from segcls.runtime.cores import available_cores
-from segcls.runtime.model_info import INPUT_NAME, OUTPUT_NAMES, ModelInfo, read_model_info
 
 _PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")  # "auto": TensorRT's first build takes minutes
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -44,7 +44,7 @@ def provider_options(name: str, device_id: int = 0, cache: Path | None = None) -
         # One tile size all slide long: search cuDNN's convolution algorithms once, keep the fastest.
         return {"device_id": str(device_id), "cudnn_conv_algo_search": "EXHAUSTIVE"}
     if name == "TensorrtExecutionProvider":
-        from segcls.export.tensorrt import cache_root  # torch-free; the engine cache lives there too
+        from segcls.core.engine import cache_root  # torch-free; the engine cache lives there too
 
         cache = cache or cache_root() / "ort-tensorrt"
         return {
@@ -56,18 +56,6 @@ def provider_options(name: str, device_id: int = 0, cache: Path | None = None) -
             "trt_timing_cache_path": str(cache),
         }
     return {}
-
-
-def disabled_optimizers(precision: str, providers: list[str]) -> list[str] | None:
-    """ONNX Runtime graph optimizers to turn off for this model on these providers.
-
-    INT8 on the CPU: QDQ propagation moves the quantize step after the FP32 stem's MaxPool up before it,
-    so the pool runs on uint8 in plain NCHW, ~65 ms per 1024 px tile against ~5 ms in the blocked FP32
-    layout (docs/int8.md). Results are the same: max commutes with a monotone quantization.
-    """
-    if precision == "int8" and providers and providers[0] == "CPUExecutionProvider":
-        return ["QDQPropagationTransformer"]
-    return None
 
 
 def _import_ort():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcls.errors import BackendUnavailableError, SegclsError
+from segcls.core.errors import BackendUnavailableError, SegclsError
 from segcls.runtime.backends import PRECISIONS
 from segcls.runtime.backends.base import Backend, BackendOutput
 from segcls.runtime.backends.lazy import LazyArray
@@ -49,7 +49,7 @@ class TorchBackend(Backend):
     def load(self) -> None:
         torch = _import_torch()
         from segcls.checkpoint import load_model
-        from segcls.export.graph import DeployedModel
+        from segcls.deployed import DeployedModel
 
         model, description, _ = load_model(self.path)
         self._device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")

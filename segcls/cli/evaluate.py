@@ -6,7 +6,7 @@ import json
 
 import click
 
-from segcls.cli._common import handle_errors, require_extra
+from segcls.core.cli import handle_errors, require_extra
 
 
 @click.command(context_settings={"show_default": True})
@@ -18,7 +18,7 @@ from segcls.cli._common import handle_errors, require_extra
 def main(checkpoint: str, dataset: str, split: str, output: str | None) -> None:
     """Score CHECKPOINT on DATASET's SPLIT: a per-class table, and JSON with -o."""
     require_extra("train", "torch")
-    from segcls.atomic import atomic_path
+    from segcls.core.atomic import atomic_path
     from segcls.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, dataset, split)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from segcls.cli._common import handle_errors, require_extra
+from segcls.core.cli import handle_errors, require_extra
 
 
 def _names(_ctx, _param, value: str | None) -> list[str] | None:

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from segcls.cli._common import handle_errors, require_extra
 from segcls.cli.train import training_options
+from segcls.core.cli import handle_errors, require_extra
 
 # --quick: the synthetic sweep in well under 30 minutes on 2 CPU cores.
 QUICK = {"seeds": 2, "epochs": 4, "steps_per_epoch": 10, "batch_size": 32}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from segcls.cli._common import handle_errors
+from segcls.core.cli import handle_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,8 +66,8 @@ def slide(
     out: Path, width: int, height: int, mpp: float, seed: int, mask: Path | None, tile: int, workers: int | None
 ) -> None:
     """Write a pyramidal JPEG BigTIFF slide OUT (and its mask) that OpenSlide opens."""
+    from segcls.core.tiff import pyramid_sizes
     from segcls.synth.slide import make_slide
-    from segcls.tiff import pyramid_sizes
 
     start = time.perf_counter()
     make_slide(out, width, height, mpp=mpp, seed=seed, mask_path=mask, tile=tile, workers=workers)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import click
 
-from segcls.cli._common import handle_errors, require_extra
+from segcls.core.cli import handle_errors, require_extra
 
 _TRAINING_OPTIONS = [
     click.option("--epochs", type=click.IntRange(min=1), default=10),

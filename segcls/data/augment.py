@@ -9,7 +9,7 @@
   matmul and clamped to [0, 1] once; torchvision clamps after every step, so pixels pushed past white
   and pulled back by a later step differ slightly. Hue is a rotation of the chroma plane in YIQ space
   (not an RGB -> HSV round trip): it keeps luma and is close to an HSV hue shift for moderate angles.
-- Normalisation: `(rgb / 255 - mean) / std` (`segcls.description`).
+- Normalisation: `(rgb / 255 - mean) / std` (`segcls.core.description`).
 All randomness comes from the `generator` passed in, so a seeded generator gives the same batch.
 """
 

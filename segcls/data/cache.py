@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from segcls.core.errors import DatasetError
 from segcls.data.folder import (
     SPLITS,
     UNLABELLED,
@@ -31,7 +32,6 @@ from segcls.data.folder import (
     read_mask,
 )
 from segcls.data.tiles import CLS, IGNORED, RULES_VERSION, SEG, grid_kinds, tile_grid
-from segcls.errors import DatasetError
 
 CACHE_FORMAT = 1
 _ARRAYS = ("images", "masks", "kinds", "labels", "sources", "positions")

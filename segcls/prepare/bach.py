@@ -43,8 +43,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from segcls.core.errors import DatasetError
 from segcls.data.folder import UNLABELLED, image_size
-from segcls.errors import DatasetError
 from segcls.prepare.common import (
     Summary,
     dataset_writer,

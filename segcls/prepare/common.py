@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segcls.core.description import default_colors
+from segcls.core.errors import DatasetError
 from segcls.data.folder import IMAGE_SUFFIXES
-from segcls.description import default_colors
-from segcls.errors import DatasetError
 
 
 def norm(name: str) -> str:

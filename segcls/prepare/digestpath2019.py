@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from segcls.core.errors import DatasetError
 from segcls.data.folder import default_split, image_size
-from segcls.errors import DatasetError
 from segcls.prepare.common import (
     Summary,
     dataset_writer,

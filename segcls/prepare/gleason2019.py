@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from segcls.core.errors import DatasetError
 from segcls.data.folder import UNLABELLED, default_split, image_size
-from segcls.errors import DatasetError
 from segcls.prepare.common import (
     Summary,
     dataset_writer,

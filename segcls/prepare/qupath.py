@@ -52,9 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segcls.core.description import default_colors
+from segcls.core.errors import DatasetError
 from segcls.data.folder import UNLABELLED, default_split
-from segcls.description import default_colors
-from segcls.errors import DatasetError
 from segcls.prepare.common import Summary, dataset_writer, norm
 
 LABEL_NAME = "label"  # annotation name that marks an image-level label region

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from segcls.core.errors import SegclsError
 from segcls.data.tiles import CLS, SEG, grid_kinds
-from segcls.errors import SegclsError
 from segcls.synth.appearance import BACKGROUND, CLASSES, COLORS, label_region, render_region
 
 MIN_TISSUE = 0.75  # a masked image is redrawn elsewhere (up to 20 draws) until this much is tissue

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
+from segcls.core.tiff import palette_colormap, pyramid_sizes, write_pyramid
 from segcls.synth.appearance import BACKGROUND, CLASSES, COLORS, label_region, render_region
-from segcls.tiff import palette_colormap, pyramid_sizes, write_pyramid
 
 JPEG_QUALITY = 90
 

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 
 
 @contextlib.contextmanager

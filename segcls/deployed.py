@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segcls.description import ModelDescription
+from segcls.core.description import ModelDescription
 from segcls.model import SegClsNet
 
 

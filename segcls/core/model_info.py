@@ -12,10 +12,10 @@ import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcls.description import ModelDescription
-from segcls.errors import ModelError
+from segcls.core.description import ModelDescription
+from segcls.core.errors import ModelError
 
-KEY_DESCRIPTION = "segcls.description"  # ModelDescription JSON
+KEY_DESCRIPTION = "segcls.core.description"  # ModelDescription JSON
 KEY_VERSION = "segcls.version"  # segcls version that exported the model
 KEY_CHECKPOINT_SHA256 = "segcls.checkpoint_sha256"
 KEY_PRECISION = "segcls.precision"  # one of PRECISIONS
@@ -171,3 +171,15 @@ def _varint(buf, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ValueError(f"varint too long at byte {pos}")
+
+
+def disabled_optimizers(precision: str, providers: list[str]) -> list[str] | None:
+    """ONNX Runtime graph optimizers to turn off for this model on these providers.
+
+    INT8 on the CPU: QDQ propagation moves the quantize step after the FP32 stem's MaxPool up before it,
+    so the pool runs on uint8 in plain NCHW, ~65 ms per 1024 px tile against ~5 ms in the blocked FP32
+    layout (docs/int8.md). Results are the same: max commutes with a monotone quantization.
+    """
+    if precision == "int8" and providers and providers[0] == "CPUExecutionProvider":
+        return ["QDQPropagationTransformer"]
+    return None

@@ -25,11 +25,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcls.atomic import atomic_path
-from segcls.errors import ExportError, SegclsError
-from segcls.hashing import file_sha256
-from segcls.runtime.backends.tensorrt import CudaDevice, import_tensorrt
-from segcls.runtime.model_info import (
+from segcls.core.atomic import atomic_path
+from segcls.core.cuda import CudaDevice, import_tensorrt
+from segcls.core.errors import ExportError, SegclsError
+from segcls.core.hashing import file_sha256
+from segcls.core.model_info import (
     INPUT_NAME,
     KEY_COMPUTE_CAPABILITY,
     KEY_DESCRIPTION,

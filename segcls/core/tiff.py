@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from segcls.atomic import atomic_path
+from segcls.core.atomic import atomic_path
 
 # read_tile(level, x, y, width, height) -> (height, width[, samples]) array in that level's pixel frame,
 # or the bytes of the whole (tile, tile) tile, padding included, compressed as `write_pyramid` was told.

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from segcls.errors import SegclsError
+from segcls.core.errors import SegclsError
 
 
 class UserError(click.ClickException):

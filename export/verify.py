@@ -187,7 +187,7 @@ def verify_int8(
 def predict_labels(session, image: np.ndarray) -> np.ndarray:
     """Whole-image labels (H, W) from an ONNX session, as `segcls.evaluate.predict_labels` makes them:
     edge padding to a multiple of 16, argmax at stride 8, nearest upsampling."""
-    from segcls.core.description import INPUT_MULTIPLE, NETWORK_STRIDE
+    from segcls.core.constants import INPUT_MULTIPLE, NETWORK_STRIDE
 
     h, w = image.shape[:2]
     padded = np.pad(image, ((0, -h % INPUT_MULTIPLE), (0, -w % INPUT_MULTIPLE), (0, 0)), mode="edge")

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from segcls.core.description import INPUT_MULTIPLE, NETWORK_STRIDE
+from segcls.core.constants import INPUT_MULTIPLE, NETWORK_STRIDE
 from segcls.core.errors import SegclsError, SlideError
 
 # The default context on each side of a tile: the least that keeps tiled labels >= 99.5 % equal to

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segcls.core.description import INPUT_MULTIPLE, ModelDescription
+from segcls.core.constants import INPUT_MULTIPLE
+from segcls.core.description import ModelDescription
 from segcls.core.metrics import ConfusionMatrix, Scores
 from segcls.data.augment import normalize
 from segcls.data.cache import TileSet

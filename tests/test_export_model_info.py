@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from segcls.core import model_info as mi
 from segcls.core.description import ModelDescription
 from segcls.core.errors import ModelError
-from segcls.core import model_info as mi
 
 DESCRIPTION = ModelDescription(classes=("x", "y"), mpp=0.25, tile_size=256, extra={"note": "ü"})
 

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from segcls.core import model_info as mi
 from segcls.core.cuda import CudaDevice, import_tensorrt
 from segcls.core.description import ModelDescription
 from segcls.core.engine import build_engine, default_timing_cache, network_flags
 from segcls.core.errors import BackendUnavailableError, ExportError, ModelError, SegclsError
-from segcls.core import model_info as mi
 from segcls.runtime.backends.tensorrt import TensorRTBackend
 
 try:  # tests/ is a package in one layout and a folder on sys.path in the other

@@ -8,15 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from segcls.core.constants import NETWORK_STRIDE
 from segcls.core.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Output stride of the network's low-resolution logits (PAPER.md: 1/8 of the input).
-NETWORK_STRIDE = 8
-# Input sizes must be multiples of the encoder's stride (layer3 is at 1/16).
-INPUT_MULTIPLE = 16
 
 _PALETTE = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),

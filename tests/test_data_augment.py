@@ -107,3 +107,56 @@ def test_bad_shapes():
         augment_batch(images[:, :8], masks[:, :8], None, IMAGENET_MEAN, IMAGENET_STD)
     with pytest.raises(ValueError, match="expected images"):
         augment_batch(images, masks[:, :8], None, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _hed_by_steps(rgb, alpha, beta):
+    """The HED jitter pixel by pixel, step by step: unmix, scale + shift each stain, mix (numpy, float64)."""
+    import numpy as np
+
+    from segcls.data.augment import RGB_FROM_HED
+
+    mix = np.array(RGB_FROM_HED)
+    od = -np.log(np.maximum(rgb.astype(np.float64) / 255, 0.5 / 255))  # (..., 3)
+    concentrations = np.linalg.solve(mix.T, od.reshape(-1, 3).T).T  # c @ mix = od
+    jittered = concentrations * alpha + beta
+    return np.clip(255 * np.exp(-(jittered @ mix)), 0, 255).reshape(rgb.shape)
+
+
+def test_hed_jitter_is_unmix_scale_shift_mix():
+    import numpy as np
+
+    from segcls.data.augment import _uniform, hed_jitter
+
+    images, _ = _batch(b=6, t=8, seed=4)
+    x = images.permute(0, 3, 1, 2).to(torch.float32)
+    out = hed_jitter(x.clone(), torch.Generator().manual_seed(9), 0.2)
+    # the same draws, in the same order, as hed_jitter takes them
+    g = torch.Generator().manual_seed(9)
+    alpha = _uniform(18, 0.8, 1.2, g, "cpu").view(6, 3).numpy()
+    beta = _uniform(18, -0.2, 0.2, g, "cpu").view(6, 3).numpy()
+    for i in range(6):
+        expected = _hed_by_steps(images[i].numpy(), alpha[i], beta[i])
+        assert np.abs(out[i].permute(1, 2, 0).numpy() - expected).max() < 1e-2
+    assert (out - x).abs().mean() > 5  # strong jitter moves pixels
+
+
+def test_hed_jitter_identity_draws_give_the_tile_back():
+    images, _ = _batch(b=4, t=8, seed=5)
+    x = images.permute(0, 3, 1, 2).to(torch.float32)
+    from segcls.data.augment import hed_jitter
+
+    out = hed_jitter(x.clone(), torch.Generator().manual_seed(0), 1e-9)
+    lit = x > 0  # a black pixel is read as half a grey level (a finite optical density)
+    assert (out - x)[lit].abs().max() < 1e-3 and (out - x)[~lit].abs().max() <= 0.5 + 1e-3
+
+
+def test_hed_off_draws_nothing_and_on_changes_colour_only():
+    images, masks = _batch(b=8, t=16, seed=6)
+    plain = augment_batch(images, masks, torch.Generator().manual_seed(1), *IDENTITY)
+    off = augment_batch(images, masks, torch.Generator().manual_seed(1), *IDENTITY, hed=0.0)
+    on = augment_batch(images, masks, torch.Generator().manual_seed(1), *IDENTITY, hed=0.1)
+    assert torch.equal(plain[0], off[0]) and torch.equal(plain[1], off[1])
+    assert torch.equal(on[1], plain[1])  # the geometry draws come first: masks are unchanged
+    assert not torch.allclose(on[0], plain[0])
+    repeat = augment_batch(images, masks, torch.Generator().manual_seed(1), *IDENTITY, hed=0.1)
+    assert torch.equal(on[0], repeat[0])

@@ -8,7 +8,7 @@ from PIL import Image
 
 from segcls.core.errors import SegclsError
 from segcls.synth import dataset as synth_dataset
-from segcls.synth.appearance import CLASSES, COLORS, label_region, render_region
+from segcls.synth.appearance import CLASSES, COLORS, STAINS, label_region, render_region
 from segcls.synth.dataset import dataset_tile_kinds, make_dataset
 
 
@@ -127,3 +127,22 @@ def test_holdout_writes_a_split_the_folder_reader_uses(tmp_path):
     assert sorted(split["train"] + split["val"] + split["test"]) == [f"img_{i:03d}" for i in range(5)]
     again = make_dataset(tmp_path / "again", images=5, size=64, labeled=0, holdout=1, seed=2, progress=False)
     assert (again / "split.json").read_text() == (out / "split.json").read_text()
+
+
+def test_another_stain_gives_the_same_images_in_other_colours(tmp_path):
+    kw = dict(images=2, size=64, labeled=1, labeled_size=32, seed=3, workers=1, progress=False)
+    a = make_dataset(tmp_path / "a", **kw)
+    b = make_dataset(tmp_path / "b", stain="macenko", **kw)
+    for name in ("img_000", "img_001"):
+        assert np.array_equal(
+            np.asarray(Image.open(a / "masks" / f"{name}.png")), np.asarray(Image.open(b / "masks" / f"{name}.png"))
+        )
+        rgb_a = np.asarray(Image.open(a / "images" / f"{name}.png"), dtype=np.int16)
+        rgb_b = np.asarray(Image.open(b / "images" / f"{name}.png"), dtype=np.int16)
+        assert np.abs(rgb_a - rgb_b).mean() > 10
+    default, _ = render_region(0, 0, 32, 32, 2.0, seed=1)
+    assert np.array_equal(default, render_region(0, 0, 32, 32, 2.0, seed=1, stain="standard")[0])
+    strong = render_region(0, 0, 32, 32, 2.0, seed=1, stain="strong-h")[0]
+    assert not np.array_equal(default, strong) and set(STAINS) == {"standard", "macenko", "strong-h"}
+    with pytest.raises(SegclsError, match="--stain must be one of"):
+        make_dataset(tmp_path / "c", stain="purple", **kw)

@@ -146,6 +146,39 @@ def digestpath2019(raw_dir, out_dataset, overwrite, quiet, size, seed) -> None:
 
 
 @main.command()
+@_common
+@click.option(
+    "--split",
+    type=click.Choice(["patient", "official"]),
+    default="patient",
+    show_default=True,
+    help="patient: whole patients into train/val/test (about 50/25/25 of the images); official: testA/testB "
+    "are test, the training images split by patient into train and val.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the patient split.")
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.62,
+    show_default=True,
+    help="Microns per pixel of the dataset (the scans are 0.62; 1.24 halves the images).",
+)
+@handle_errors
+def glas(raw_dir, out_dataset, overwrite, quiet, split, seed, mpp) -> None:
+    """GlaS (Warwick-QU colon glands): stroma / benign gland / malignant gland, split by patient.
+
+    RAW_DIR holds train_N.bmp + train_N_anno.bmp (testA_N, testB_N too, if present) and Grade.csv, or is
+    the folder above them; a PNG copy of the same files is read as well.
+    """
+    from segcls.prepare.glas import prepare_glas
+
+    summary = prepare_glas(
+        raw_dir, out_dataset, split=split, seed=seed, mpp=mpp, overwrite=overwrite, progress=not quiet
+    )
+    click.echo(str(summary))
+
+
+@main.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_dataset", type=click.Path(file_okay=False))
 @click.option(

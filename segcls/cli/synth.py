@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from segcls.core.cli import handle_errors
+from segcls.synth.appearance import STAINS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,13 @@ def main() -> None:
 @click.option("--labeled-size", default=256, show_default=True, help="Their side, px.")
 @click.option("--holdout", type=int, help="Write a split.json with this many val and test images each.")
 @click.option("--tile", default=128, show_default=True, help="Tile size for the seg/cls tile count.")
+@click.option(
+    "--stain",
+    type=click.Choice(list(STAINS)),
+    default="standard",
+    show_default=True,
+    help="Staining protocol; the same --seed with another stain gives the same images in other colours.",
+)
 @handle_errors
 def dataset(
     out: Path,
@@ -36,6 +44,7 @@ def dataset(
     labeled_size: int,
     holdout: int | None,
     tile: int,
+    stain: str,
 ) -> None:
     """Write a dataset folder OUT (dataset.json, images/, masks/, labeled/CLASS/)."""
     from segcls.synth.appearance import CLASSES
@@ -43,7 +52,15 @@ def dataset(
 
     start = time.perf_counter()
     make_dataset(
-        out, images=images, size=size, mpp=mpp, seed=seed, labeled=labeled, labeled_size=labeled_size, holdout=holdout
+        out,
+        images=images,
+        size=size,
+        mpp=mpp,
+        seed=seed,
+        labeled=labeled,
+        labeled_size=labeled_size,
+        holdout=holdout,
+        stain=stain,
     )
     seg, cls = dataset_tile_kinds(out, tile)
     click.echo(

@@ -28,6 +28,32 @@ _TRAINING_OPTIONS = [
         default="two-step",
         help="two-step = the paper; joint = the released code's single mixed forward.",
     ),
+    click.option(
+        "--cls-batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Classification tiles per step in two-step mode [default: --batch-size, the paper].",
+    ),
+    click.option(
+        "--cls-weight",
+        type=click.FloatRange(min=0),
+        default=1.0,
+        help="w in L = L_seg + w * L_cls (the paper: 1).",
+    ),
+    click.option(
+        "--cls-balance",
+        type=click.Choice(["loss", "sampler", "none"]),
+        default="loss",
+        help="Rare classification classes: inverse-frequency loss weights (the paper), class-balanced "
+        "sampling with an unweighted loss, or neither.",
+    ),
+    click.option(
+        "--hed-jitter",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        help="HED stain jitter strength, natural-log optical density (Tellez et al. 2019: 0.05 light, 0.2 "
+        "strong); 0 = off, the paper.",
+    ),
 ]
 
 
@@ -49,12 +75,12 @@ def training_options(fn: Callable) -> Callable:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def main(dataset: str, out_dir: str, resume: bool, quiet: bool, **options) -> None:
-    """Train on DATASET (segcls folder format) into RUN_DIR: best.pt, last.pt, log.csv, metrics.json.
+    """Train on DATASET (segcls folder format) into RUN_DIR: best.pt, last.pt, log.csv, curves.png, metrics.json.
 
     Under `torchrun --nproc_per_node N segcls-train ...` the N processes share each batch (--batch-size is
     the global batch) and rank 0 writes the files.
     """
-    require_extra("train", "torch")
+    require_extra("train", "torch", "matplotlib")
     from segcls.train import TrainConfig, train
 
     start = time.perf_counter()

@@ -27,6 +27,23 @@ _H = np.array([0.65, 0.70, 0.29], dtype=np.float32)
 _E = np.array([0.07, 0.99, 0.11], dtype=np.float32)
 _H /= np.linalg.norm(_H)
 _E /= np.linalg.norm(_E)
+# Stain protocols a dataset can be rendered with: (H vector, E vector, H strength, E strength). The tissue
+# (labels, textures, densities) does not depend on the stain, so one seed rendered with two stains gives
+# the same slides as two labs would stain them: a stain-shifted copy for testing robustness.
+STAINS = {
+    # Ruifrok & Johnston's vectors (their H&E OD matrix), strengths as drawn per slide below
+    "standard": (_H, _E, 1.0, 1.0),
+    # Macenko et al.'s reference H and E vectors (the HERef of common Macenko normalisers): a bluer
+    # haematoxylin and an eosin that also absorbs blue, i.e. another lab's dyes and scanner
+    "macenko": (
+        np.array([0.5626, 0.7201, 0.4062], np.float32),
+        np.array([0.2159, 0.8012, 0.5581], np.float32),
+        1.0,
+        1.0,
+    ),
+    # the standard dyes, haematoxylin over-stained and eosin under-stained (a longer H bath, a shorter E one)
+    "strong-h": (_H, _E, 1.5, 0.65),
+}
 _GLASS = np.array([243.0, 241.0, 245.0], dtype=np.float32)
 
 
@@ -162,13 +179,17 @@ def _necrosis(xs, ys, mpp, seed, m):
 _TEXTURES = (_stroma, _benign, _tumor, _necrosis)
 
 
-def _stains(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """This slide's H and E optical-density vectors: strength and hue vary between slides."""
+def _stains(seed: int, stain: str = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """This slide's H and E optical-density vectors under protocol `stain` (STAINS): strength and hue vary
+    between slides around the protocol's."""
+    if stain not in STAINS:
+        raise ValueError(f"stain must be one of {', '.join(STAINS)}, got {stain!r}")
+    base_h, base_e, strength_h, strength_e = STAINS[stain]
     r = hash01(np.arange(8), np.int64(0), key(seed, "stain"))
-    h = _H + 0.12 * (r[0:3] - 0.5)
-    e = _E + 0.12 * (r[3:6] - 0.5)
-    h *= (0.7 + 0.6 * r[6]) / np.linalg.norm(h)
-    e *= (0.7 + 0.6 * r[7]) / np.linalg.norm(e)
+    h = base_h / np.linalg.norm(base_h) + 0.12 * (r[0:3] - 0.5)
+    e = base_e / np.linalg.norm(base_e) + 0.12 * (r[3:6] - 0.5)
+    h *= strength_h * (0.7 + 0.6 * r[6]) / np.linalg.norm(h)
+    e *= strength_e * (0.7 + 0.6 * r[7]) / np.linalg.norm(e)
     return h.astype(np.float32), e.astype(np.float32)
 
 
@@ -205,18 +226,19 @@ def render_region(
     *,
     background: bool = True,
     tissue_class: int | None = None,
+    stain: str = "standard",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render a region: ((h, w, 3) uint8 RGB, (h, w) uint8 labels as in `label_region`).
 
     `tissue_class` fills the region with that one class (image-level-labelled images); `background=False`
-    leaves out the glass.
+    leaves out the glass; `stain` is the staining protocol (STAINS), which changes colours only.
     """
     xs, ys = _grid(x, y, width, height, mpp)
     if tissue_class is None:
         labels = _labels(xs, ys, mpp, seed, background)
     else:
         labels = np.full((height, width), tissue_class, dtype=np.uint8)
-    stain_h, stain_e = _stains(seed)
+    stain_h, stain_e = _stains(seed, stain)
     h = np.zeros((height, width), dtype=np.float32)
     e = np.zeros((height, width), dtype=np.float32)
     for k, texture in enumerate(_TEXTURES):

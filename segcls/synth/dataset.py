@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from segcls.core.errors import SegclsError
 from segcls.data.tiles import CLS, SEG, grid_kinds
-from segcls.synth.appearance import BACKGROUND, CLASSES, COLORS, label_region, render_region
+from segcls.synth.appearance import BACKGROUND, CLASSES, COLORS, STAINS, label_region, render_region
 
 MIN_TISSUE = 0.75  # a masked image is redrawn elsewhere (up to 20 draws) until this much is tissue
 _SPAN = 40_000  # pixels: masked images are drawn from [0, _SPAN)^2 of their slide
@@ -50,19 +50,21 @@ def _save(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, compress_level=3)
 
 
-def _masked_job(root: Path, name: str, size: int, mpp: float, seed: int, draws: np.ndarray) -> None:
+def _masked_job(root: Path, name: str, size: int, mpp: float, seed: int, draws: np.ndarray, stain: str) -> None:
     for x, y in draws:
         labels = label_region(int(x), int(y), size, size, mpp, seed)
         if np.mean(labels != BACKGROUND) >= MIN_TISSUE:
             break
-    rgb, labels = render_region(int(x), int(y), size, size, mpp, seed)
+    rgb, labels = render_region(int(x), int(y), size, size, mpp, seed, stain=stain)
     _save(root / "images" / f"{name}.png", rgb)
     _save(root / "masks" / f"{name}.png", labels)
 
 
-def _labeled_job(root: Path, name: str, k: int, size: int, mpp: float, seed: int, draws: np.ndarray) -> None:
+def _labeled_job(
+    root: Path, name: str, k: int, size: int, mpp: float, seed: int, draws: np.ndarray, stain: str
+) -> None:
     x, y = draws[0]
-    rgb, _ = render_region(int(x), int(y), size, size, mpp, seed, background=False, tissue_class=k)
+    rgb, _ = render_region(int(x), int(y), size, size, mpp, seed, background=False, tissue_class=k, stain=stain)
     _save(root / "labeled" / CLASSES[k] / f"{name}.png", rgb)
 
 
@@ -76,6 +78,7 @@ def make_dataset(
     labeled: int = 16,
     labeled_size: int = 256,
     holdout: int | None = None,
+    stain: str = "standard",
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
@@ -87,6 +90,8 @@ def make_dataset(
     for the same validation cost. The folder appears complete or not at all.
     """
     _check(images, size, mpp, labeled, labeled_size, holdout)
+    if stain not in STAINS:
+        raise SegclsError(f"--stain must be one of {', '.join(STAINS)}, got {stain!r}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SegclsError(f"output exists and is not an empty folder: {out}")
@@ -110,8 +115,8 @@ def make_dataset(
             (tmp / sub).mkdir(parents=True)
         workers = workers or min(len(os.sched_getaffinity(0)), 8)
         with ProcessPoolExecutor(workers) as pool:
-            jobs = [pool.submit(_masked_job, tmp, n, size, mpp, s, d) for n, s, d in masked]
-            jobs += [pool.submit(_labeled_job, tmp, n, k, labeled_size, mpp, s, d) for n, k, s, d in single]
+            jobs = [pool.submit(_masked_job, tmp, n, size, mpp, s, d, stain) for n, s, d in masked]
+            jobs += [pool.submit(_labeled_job, tmp, n, k, labeled_size, mpp, s, d, stain) for n, k, s, d in single]
             for job in tqdm(as_completed(jobs), total=len(jobs), desc="images", unit="img", disable=not progress):
                 job.result()
         meta = {"classes": list(CLASSES), "colors": [list(c) for c in COLORS], "mpp": mpp}

@@ -4,7 +4,8 @@ ResNet-18 encoder up to layer3 (stride 16) -> decoder (3x3 conv 256->64, BN, ReL
 1x1 conv 64->C) = low-resolution logits at stride 8 -> classification layer = global max pool of those
 logits (no parameters). Full-resolution logits are a nearest upsampling of the stride-8 logits.
 
-Encoder parameter names are torchvision's resnet18 names, so ImageNet weights load from a file.
+Encoder parameter names are torchvision's resnet18 names, so ImageNet weights load as they are
+(segcls.pretrained reads them and other layouts).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segcls.core.errors import CheckpointError
+from segcls.pretrained import load_encoder
 
 
 @dataclass
@@ -112,44 +113,8 @@ class SegClsNet(nn.Module):
 
 
 def build_model(num_classes: int, pretrained: str | Path | None = None) -> SegClsNet:
+    """The network; `pretrained` (a file, URL or `imagenet`: segcls.pretrained) initialises the encoder."""
     model = SegClsNet(ModelConfig(num_classes=num_classes))
     if pretrained is not None:
-        load_pretrained_encoder(model.encoder, pretrained)
+        load_encoder(model.encoder, pretrained, progress=False)
     return model
-
-
-# torchvision resnet18 keys that the encoder does not use.
-_UNUSED_PREFIXES = ("layer4.", "fc.")
-
-
-def load_pretrained_encoder(encoder: ResNet18Encoder, path: str | Path) -> None:
-    """Load an ImageNet resnet18 state dict (torchvision key names) from a file into the encoder.
-
-    layer4 and fc are dropped; any other missing or unexpected key is an error, so a file from another
-    architecture is refused rather than silently half-loaded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"pretrained weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError(f"cannot read pretrained weights {path}: {type(e).__name__}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"pretrained weights {path} hold a {type(state).__name__}, not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"pretrained weights {path} do not match torchvision resnet18: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if bad:
-        raise CheckpointError(f"pretrained weights {path} have wrong shapes for {bad[:3]}")
-    encoder.load_state_dict(state, strict=True)

@@ -44,6 +44,7 @@ from segcls.data.folder import open_dataset
 from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS, Selection, select_tiles, select_tiles_cls_task
 from segcls.evaluate import classification_accuracy, evaluate_images, evaluate_pairs, load_pairs
 from segcls.model import SegClsNet, build_model
+from segcls.pretrained import load_encoder
 
 MODES = ("two-step", "joint")
 TASKS = ("seg", "cls")
@@ -221,8 +222,13 @@ class Trainer:
         torch.manual_seed(config.seed)
         # channels-last: oneDNN's CPU convolutions (and tensor cores under AMP) run NHWC faster; 15-20 % per
         # training step on 2 EPYC cores. Values are the same; checkpoints load into a default-layout model.
-        self.model: SegClsNet = build_model(num_classes, config.pretrained).to(self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.model: SegClsNet = build_model(num_classes)
+        if config.pretrained and not resume:  # a resumed run's weights come from its checkpoint
+            with distributed.main_first(self.ranks):  # rank 0 downloads, the others read its cached file
+                loaded = load_encoder(self.model.encoder, config.pretrained, progress=progress)
+            if self.progress:
+                tqdm.write(str(loaded))
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999))
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)

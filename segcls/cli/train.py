@@ -20,7 +20,11 @@ _TRAINING_OPTIONS = [
     click.option("--split-seed", type=int, default=0, help="Seeds the 50/25/25 split when there is no split.json."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto"),
     click.option(
-        "--pretrained", type=click.Path(dir_okay=False), default=None, help="torchvision resnet18 state dict file."
+        "--pretrained",
+        default=None,
+        help="Encoder initialisation: 'imagenet' (torchvision's ResNet-18, downloaded once and cached), a URL, "
+        "or a file (torchvision / timm ResNet-18, the self-supervised histology checkpoint, a segcls "
+        "checkpoint) [default: none, random].",
     ),
     click.option(
         "--mode",

@@ -99,12 +99,14 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str 
     """Scores of a checkpoint on one split of a dataset folder (what `segcls-eval` prints)."""
     from segcls.checkpoint import load_model
     from segcls.core.errors import DatasetError
+    from segcls.data.blocks import spatial_dataset
     from segcls.data.cache import build_tileset
     from segcls.data.folder import open_dataset
 
     model, description, payload = load_model(checkpoint)
     split_seed = int(payload.get("config", {}).get("split_seed", 0))
-    ds = open_dataset(dataset, split_seed=split_seed)
+    # the spatial split training drew for a dataset without validation images, if it has none
+    ds, _ = spatial_dataset(open_dataset(dataset, split_seed=split_seed), tile=description.tile_size, seed=split_seed)
     if tuple(ds.classes) != tuple(description.classes):
         raise DatasetError(
             f"{dataset} has classes {list(ds.classes)} but the checkpoint was trained on {list(description.classes)}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -39,6 +40,7 @@ from segcls.core.errors import CheckpointError, SegclsError
 from segcls.core.metrics import IGNORE_INDEX
 from segcls.curves import plot_curves
 from segcls.data.augment import augment_batch
+from segcls.data.blocks import spatial_dataset
 from segcls.data.cache import TileSet, build_tileset
 from segcls.data.folder import open_dataset
 from segcls.data.settings import CLS_TASK_SETTINGS, SETTINGS, Selection, select_tiles, select_tiles_cls_task
@@ -192,9 +194,14 @@ class Trainer:
         self.device = distributed.device_for(self.ranks, resolve_device(config.device))
         distributed.init(self.ranks, self.device)
         self.dataset = open_dataset(config.dataset, split_seed=config.split_seed)
-        for split in ("train", "val"):
-            if not self.dataset.split.get(split):
-                raise SegclsError(f"{config.dataset}: the '{split}' split has no images")
+        if not self.dataset.split.get("train"):
+            raise SegclsError(f"{config.dataset}: the 'train' split has no images")
+        with distributed.main_first(self.ranks):  # too few images for a validation split: blocks of them
+            self.dataset, warning = spatial_dataset(
+                self.dataset, tile=config.tile, seed=config.split_seed, progress=progress
+            )
+        if warning and self.ranks.main:
+            tqdm.write(f"Warning: {warning}", file=sys.stderr)
         with distributed.main_first(self.ranks):  # one process builds the tile caches, the others read them
             self.tiles: TileSet = build_tileset(self.dataset, "train", config.tile, progress=progress)
             self.val_tiles: TileSet = build_tileset(self.dataset, "val", config.tile, progress=progress)

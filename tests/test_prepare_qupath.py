@@ -108,7 +108,9 @@ def prepare(tmp_path, slide, doc, *extra, name="S1.geojson", writer=None):
     ann = tmp_path / name
     (writer or (lambda p, d: p.write_text(json.dumps(d))))(ann, doc)
     out = tmp_path / "ds"
-    r = run(slide, out, "-a", ann, "--mpp", MPP, "--quiet", *extra)
+    # --tile 1024: larger than the annotations, so one slide stays whole in train (no spatial split; that
+    # is tested in test_spatial_split.py) and the pieces can be put back together here
+    r = run(slide, out, "-a", ann, "--mpp", MPP, "--quiet", "--tile", 1024, *extra)
     return r, out
 
 
@@ -134,9 +136,10 @@ def test_feature_collection_painted_as_documented(tmp_path, slide):
     # exact areas: a pixel is in when its centre is (the boxes are on the 4 px grid)
     assert (m == tumor).sum() == (800 * 600 - 200 * 200 - 200 * 200 - 160 * 160) // 16  # - hole, child, Ignore*
     assert (m == stroma).sum() == (200 * 200 * 3) // 16
-    # the split is by slide; one slide -> train
+    # one slide and tiles larger than its annotations: too small to split by blocks, so all train, and said
     split = json.loads((out / "split.json").read_text())
     assert split["val"] == split["test"] == [] and split["train"] and all(n.startswith("S1_x") for n in split["train"])
+    assert "1 slide, all train: too small for a spatial split" in r.output
 
 
 def test_overlap_without_containment_smaller_wins_and_ties_follow_file_order(tmp_path, slide):

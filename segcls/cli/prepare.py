@@ -203,17 +203,29 @@ def glas(raw_dir, out_dataset, overwrite, quiet, split, seed, mpp) -> None:
 @click.option("--val-slides", callback=_names, help="Comma-separated slide names for val [default: seeded split].")
 @click.option("--test-slides", callback=_names, help="Comma-separated slide names for test; the rest is train.")
 @_seed
+@click.option(
+    "--tile",
+    type=click.IntRange(min=16),
+    default=128,
+    show_default=True,
+    help="Training tile size, px: with fewer than 3 slides, blocks of 4 tiles go to val (and test) with a "
+    "margin of one tile from the training pixels.",
+)
+@click.option(
+    "--test-blocks", is_flag=True, help="With fewer than 3 slides, also hold out test blocks (25 % of the area)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DATASET if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
 def qupath(
     slides, out_dataset, annotations, mpp, slide_mpp, classes, background, piece_size, val_slides, test_slides,
-    seed, overwrite, quiet,
+    seed, tile, test_blocks, overwrite, quiet,
 ) -> None:  # fmt: skip
     """Slides + QuPath GeoJSON annotations ("Export objects as GeoJSON").
 
     Classified polygons -> images/ + masks/ (inner annotations over outer ones, Ignore* = 255, Region* =
-    --background); annotations named 'label' -> labeled/CLASS/ (image-level labels). Split by slide.
+    --background); annotations named 'label' -> labeled/CLASS/ (image-level labels). Split by slide; with
+    one or two slides, by blocks of the slides (val: 25 % of the annotated pixels).
     """
     require_extra("prepare", "shapely")
     from segcls.prepare.qupath import prepare_qupath
@@ -230,6 +242,8 @@ def qupath(
         val_slides=val_slides or (),
         test_slides=test_slides or (),
         seed=seed,
+        tile=tile,
+        test_blocks=test_blocks,
         overwrite=overwrite,
         progress=not quiet,
     )

@@ -35,7 +35,10 @@ What is imported, and how (the conventions are the README's QuPath section):
 
 Pixels are read at `mpp` (default: the first slide's level-0 mpp) in pieces of at most `piece_size` px,
 each piece cropped to its annotated pixels and named NAME_xX_yY (top left in output px). Memory holds the
-geometries and one piece at a time. The split is by slide (seeded 50/25/25 unless given).
+geometries and one piece at a time. The split is by slide (seeded 50/25/25 unless given). With fewer than
+three slides and none named for val or test, it is spatial instead (segcls.data.blocks): blocks of 4
+training tiles of the pieces go to val (and test, with `test_blocks`), with a one-tile margin unlabelled
+around them; label regions that come within that margin of a held-out block are left out (counted).
 """
 
 from __future__ import annotations
@@ -525,15 +528,61 @@ def label_pieces(
 # -- the importer ------------------------------------------------------------------------------------------
 
 
-def _split(names: list[str], val: Sequence[str], test: Sequence[str], seed: int) -> dict[str, list[str]]:
+def _split(names: list[str], val: Sequence[str], test: Sequence[str], seed: int) -> dict[str, list[str]] | None:
+    """The split by slide; None when there are too few slides for one (fewer than train + val + test)
+    and none were named: then blocks of the slides are split (segcls.data.blocks)."""
     for given in (*val, *test):
         if given not in names:
             raise DatasetError(f"--val-slides / --test-slides name '{given}' is not a slide given ({', '.join(names)})")
     if set(val) & set(test):
         raise DatasetError(f"slides in both --val-slides and --test-slides: {', '.join(sorted(set(val) & set(test)))}")
     if not val and not test:
-        return default_split(names, seed)
+        return default_split(names, seed) if len(names) >= 3 else None
     return {"train": [n for n in names if n not in val and n not in test], "val": list(val), "test": list(test)}
+
+
+def _spatial_split(writer_root: Path, names: list[str], classes: list[str], tile: int, seed: int, test: bool):
+    """Split the pieces already written under `writer_root` by blocks, in place (their held-out blocks become
+    pieces of their own)."""
+    from segcls.data.blocks import save_pair, split_images
+    from segcls.data.folder import read_image, read_mask
+
+    def read(name: str):
+        return read_image(writer_root / "images" / f"{name}.png"), read_mask(writer_root / "masks" / f"{name}.png")
+
+    result = split_images(
+        names,
+        read,
+        lambda name, image, mask: save_pair(writer_root, name, image, mask),
+        len(classes),
+        tile=tile,
+        seed=seed,
+        test=0.25 if test else 0.0,
+        read_mask_only=lambda name: read_mask(writer_root / "masks" / f"{name}.png"),
+    )
+    for name in set(names) - set(result.split["train"]):  # a piece all of whose labels were held out
+        (writer_root / "images" / f"{name}.png").unlink()
+        (writer_root / "masks" / f"{name}.png").unlink()
+    return result
+
+
+def _drop_overlapping_labels(writer_root: Path, labeled: list, held: dict, boxes: dict, margin: int) -> Counter:
+    """Delete labeled/ images that come within `margin` of a held-out block of their slide (image-level
+    training data must not show held-out pixels); how many of each class."""
+    rects: dict[str, list[tuple[int, int, int, int]]] = {}
+    for piece, blocks in held.items():
+        stem, (px, py, _, _) = boxes[piece]
+        rects.setdefault(stem, []).extend((px + x0, py + y0, px + x1, py + y1) for x0, y0, x1, y1 in blocks)
+    dropped: Counter = Counter()
+    for stem, cls, name, (x0, y0, x1, y1) in labeled:
+        near = any(
+            x0 < bx1 + margin and bx0 - margin < x1 and y0 < by1 + margin and by0 - margin < y1
+            for bx0, by0, bx1, by1 in rects.get(stem, [])
+        )
+        if near:
+            (writer_root / "labeled" / cls / f"{name}.png").unlink()
+            dropped[cls] += 1
+    return dropped
 
 
 def prepare_qupath(
@@ -549,10 +598,14 @@ def prepare_qupath(
     val_slides: Sequence[str] = (),
     test_slides: Sequence[str] = (),
     seed: int = 0,
+    tile: int = 128,
+    test_blocks: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Summary:
-    """Import QuPath GeoJSON annotations of `slides` into `out_dir`; see the module docstring."""
+    """Import QuPath GeoJSON annotations of `slides` into `out_dir`; see the module docstring. With fewer
+    slides than splits, blocks of the slides are split instead (segcls.data.blocks: margins of `tile` px;
+    test blocks too with `test_blocks`)."""
     from tqdm import tqdm
 
     from segcls.runtime.slide import open_slide
@@ -567,7 +620,12 @@ def prepare_qupath(
     files = {s: read_annotation_file(pairs[s]) for s in slides}  # every GeoJSON error before any pixel work
     class_names, colors = choose_classes(list(files.values()), classes, background)
     split = _split(names, list(val_slides), list(test_slides), seed)
+    spatial = split is None
+    if spatial:  # every slide's pieces are written as training pieces, then split by blocks
+        split = {"train": list(names), "val": [], "test": []}
     train = set(split["train"])
+    piece_boxes: dict[str, tuple[str, tuple[int, int, int, int]]] = {}
+    label_boxes: list[tuple[str, str, str, tuple[int, int, int, int]]] = []
 
     target_mpp = mpp
     read_native = False  # a slide without an mpp was read at its own scale (no --mpp, no --slide-mpp)
@@ -596,6 +654,7 @@ def prepare_qupath(
                     name = f"{slide_path.stem}_x{box[0]:06d}_y{box[1]:06d}"
                     writer.add(name, read_piece(slide, box, scale), mask, slide_path)
                     split_pieces[key].append(name)
+                    piece_boxes[name] = (slide_path.stem, box)
                 for i, a in enumerate(x for x in found.annotations if x.label_only):
                     if slide_path.stem not in train:
                         counts["label regions on val/test slides"] += 1
@@ -603,15 +662,30 @@ def prepare_qupath(
                     for box, inside in label_pieces(a, size, scale, piece_size):
                         rgb = read_piece(slide, box, scale).copy()
                         rgb[~inside] = 255
-                        writer.add_labeled(a.cls, f"{slide_path.stem}_r{i:04d}_x{box[0]:06d}_y{box[1]:06d}", rgb)
+                        name = f"{slide_path.stem}_r{i:04d}_x{box[0]:06d}_y{box[1]:06d}"
+                        writer.add_labeled(a.cls, name, rgb)
                         labeled[a.cls] += 1
+                        label_boxes.append((slide_path.stem, a.cls, name, box))
             counts.update(found.skipped)
             counts["repaired polygons"] += found.repaired
         if not any(split_pieces.values()) and not any(labeled.values()):
             raise DatasetError("the annotations gave no labelled pixel (only Region* without --background?)")
+        plural = "s" if len(names) > 1 else ""
+        if spatial:
+            try:
+                blocks = _spatial_split(writer.root, split_pieces["train"], class_names, tile, seed, test_blocks)
+            except DatasetError as e:  # written as training data; segcls-train says the same when it tries
+                notes = [f"{len(names)} slide{plural}, all train: too small for a spatial split ({e})"]
+            else:
+                split_pieces = blocks.split
+                dropped = _drop_overlapping_labels(writer.root, label_boxes, blocks.held, piece_boxes, blocks.margin)
+                labeled.update({cls: labeled[cls] - n for cls, n in dropped.items()})
+                counts["label regions next to held-out blocks"] += sum(dropped.values())
+                notes = [f"{len(names)} slide{plural}, too few to split by slide: {blocks.describe(class_names)}"]
         writer.finish(class_names, split_pieces, target_mpp, colors)
-    notes = [f"slides train {', '.join(split['train']) or '-'} / val {', '.join(split['val']) or '-'} / "
-             f"test {', '.join(split['test']) or '-'}"]  # fmt: skip
+    if not spatial:
+        notes = [f"slides train {', '.join(split['train']) or '-'} / val {', '.join(split['val']) or '-'} / "
+                 f"test {', '.join(split['test']) or '-'}"]  # fmt: skip
     left_out = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n)
     if left_out:
         notes.append(f"left out or fixed: {left_out}")

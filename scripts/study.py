@@ -65,7 +65,7 @@ def grid(settings: tuple[str, ...], fractions: tuple[float, ...], skip=()) -> tu
 # -- the GlaS study ---------------------------------------------------------------------------------------
 # GlaS at 1.24 um/px (half the scans' resolution) with 64-px tiles: the same 80 um field per tile as 128-px
 # tiles at 0.62 um/px, a quarter of the compute (the paper's BACH runs read WSIs at 7.47 um/px).
-GLAS_BASE = dict(tile=64, batch_size=32, steps_per_epoch=50, epochs=24, lr=1e-4, device="cpu")
+GLAS_BASE = dict(tile=64, batch_size=16, steps_per_epoch=50, epochs=12, lr=1e-4, device="cpu")
 MAIN_FRACTIONS = (1.0, 0.01, 0.05, 0.1, 0.25)
 
 
@@ -95,7 +95,7 @@ def glas_stages(factor_s: float, hed: float) -> list[Stage]:
 
 # -- the stain study --------------------------------------------------------------------------------------
 STAIN_DATA = dict(images=64, size=256, mpp=2.0, seed=0, labeled=16, labeled_size=128, holdout=8)
-STAIN_BASE = dict(tile=64, batch_size=32, steps_per_epoch=50, epochs=12, lr=1e-4, device="cpu")
+STAIN_BASE = dict(tile=64, batch_size=16, steps_per_epoch=50, epochs=8, lr=1e-4, device="cpu")
 TEST_STAINS = ("standard", "macenko", "strong-h")
 
 

@@ -180,6 +180,7 @@ def train_run(run: Run) -> str:
 def make_stain_data(root: Path) -> None:
     from segcls.synth.dataset import make_dataset
 
+    root.mkdir(parents=True, exist_ok=True)
     for stain in TEST_STAINS:
         if not (root / stain / "dataset.json").is_file():
             make_dataset(root / stain, stain=stain, workers=1, progress=False, **STAIN_DATA)

@@ -95,7 +95,13 @@ def test_rank_zero_alone_writes_and_states_the_global_batch(runs):
     root, _, _, two = runs
     assert "the batch size 8 is global: 4 tiles of each kind per rank and step" in two.stdout + two.stderr
     assert (two.stdout + two.stderr).count("Trained S+C") == 1  # one summary line, from rank 0
-    assert sorted(p.name for p in (root / "two").iterdir()) == ["best.pt", "last.pt", "log.csv", "metrics.json"]
+    assert sorted(p.name for p in (root / "two").iterdir()) == [
+        "best.pt",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "metrics.json",
+    ]
     assert [row["steps"] for row in log(root / "two")] == ["4", "8"]  # the steps of one process, not per rank
     assert json.loads((root / "two" / "metrics.json").read_text())["world_size"] == 2
 

@@ -301,6 +301,19 @@ def report_glas(rows: list[dict], factor_s: float) -> str:
     for f in sorted({float(r["fraction"]) for r in rows if r["stage"] == "main"}):
         s, sc = cell(rows, "main", "S", f), cell(rows, "main", "S+C", f)
         lines.append(f"| {100 * f:g} % | {fmt(s)} | {fmt(sc)} | {compare(s, sc)} | {relative(s, sc)} |")
+    lines += ["", "Per class (test F1, mean over seeds, %): stroma / benign gland / malignant gland", ""]
+    lines += ["| s | S | S+C |", "|---|---|---|"]
+    for f in sorted({float(r["fraction"]) for r in rows if r["stage"] == "main"}):
+        cells = []
+        for setting in ("S", "S+C"):
+            picked = [r for r in rows if r["stage"] == "main" and r["setting"] == setting and float(r["fraction"]) == f]
+            picked = [r for r in picked if r["test_set"] == "test"]
+            means = [
+                np.mean([float(r[f"f1_{i}"]) for r in picked if r[f"f1_{i}"] not in ("", None)] or [np.nan])
+                for i in range(3)
+            ]
+            cells.append(" / ".join(f"{100 * m:.1f}" for m in means) if picked else "-")
+        lines.append(f"| {100 * f:g} % | " + " | ".join(cells) + " |")
     lines += ["", f"## What widens or removes it (at s = {100 * factor_s:g} %)", ""]
     lines += ["| variant | S | S+C | S+C - S | exceeds spread | S+C vs the recipe's S+C | exceeds spread |"]
     lines += ["|---|---|---|---|---|---|---|"]

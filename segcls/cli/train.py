@@ -17,7 +17,13 @@ _TRAINING_OPTIONS = [
     ),
     click.option("--tile", type=click.IntRange(min=32), default=128, help="Tile size in px (multiple of 16)."),
     click.option("--lr", type=float, default=1e-4, help="Adam learning rate."),
-    click.option("--split-seed", type=int, default=0, help="Seeds the 50/25/25 split when there is no split.json."),
+    click.option(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="Seeds the 50/25/25 split when there is no split.json, and the spatial split of a dataset "
+        "without val images.",
+    ),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto"),
     click.option(
         "--pretrained",

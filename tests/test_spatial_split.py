@@ -200,3 +200,39 @@ def test_one_annotated_slide_prepare_train_export_infer(tmp_path):
     assert r.exit_code == 0, r.output
     labels = tifffile.imread(out)
     assert labels.shape[:2] == (1536, 2048) and set(np.unique(labels)) <= {0, 1, 255}
+
+
+def test_label_regions_never_touch_held_out_blocks(tmp_path):
+    """Image-level training data (labeled/) must not show a held-out block: label regions within the margin
+    of one are left out, the others kept."""
+    import re
+
+    from PIL import Image
+
+    slide = tmp_path / "S1.tif"
+    write_slide(slide)
+    features = [square(300, 300, 1700, 1200, "Stroma"), square(500, 400, 1000, 800, "Tumor")]
+    for x in range(320, 1600, 160):  # a row of small label regions across the annotated area
+        label = square(x, 1000, x + 120, 1160, "Tumor")
+        label["properties"]["name"] = "label"
+        features.append(label)
+    (tmp_path / "S1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    ds = tmp_path / "ds"
+    args = ["qupath", str(slide), str(ds), "-a", str(tmp_path / "S1.geojson"), "--mpp", str(SLIDE_MPP * SCALE)]
+    r = CliRunner().invoke(prepare_main, [*args, "--tile", "32", "--quiet"])
+    assert r.exit_code == 0, r.output
+    split = json.loads((ds / "split.json").read_text())
+    held = []
+    for name in split["val"]:
+        px, py, y0, x0 = (int(v) for v in re.fullmatch(r"S1_x(\d+)_y(\d+)_val_y(\d+)_x(\d+)", name).groups())
+        h, w = np.asarray(Image.open(ds / "masks" / f"{name}.png")).shape
+        held.append((px + x0, py + y0, px + x0 + w, py + y0 + h))
+    labels = sorted((ds / "labeled" / "Tumor").glob("*.png"))
+    assert labels and len(labels) < 8  # some kept, some left out
+    assert "label regions next to held-out blocks" in r.output
+    margin = 32
+    for path in labels:
+        x, y = (int(v) for v in re.search(r"_x(\d+)_y(\d+)$", path.stem).groups())
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        for bx0, by0, bx1, by1 in held:
+            assert x + w <= bx0 - margin or bx1 + margin <= x or y + h <= by0 - margin or by1 + margin <= y

@@ -77,7 +77,13 @@ def glas_stages(factor_s: float, hed: float) -> list[Stage]:
     batch = GLAS_BASE["batch_size"]
     return [
         Stage("main", grid(("S", "S+C"), MAIN_FRACTIONS, skip={("S+C", 1.0)}), label="the paper's recipe"),
-        Stage("length", at, {"epochs": 2 * epochs}, extends="main", label=f"{2 * epochs} epochs (twice the steps)"),
+        Stage(
+            "length",
+            (*at, ("S", 1.0)),
+            {"epochs": 2 * epochs},
+            extends="main",
+            label=f"{2 * epochs} epochs (twice the steps)",
+        ),
         Stage("cls-weight-2", sc, {"cls_weight": 2.0}, label="CLS loss weight 2"),
         Stage("cls-batch", sc, {"cls_batch_size": 2 * batch}, label=f"{2 * batch} CLS tiles per step"),
         Stage("sampler", sc, {"cls_balance": "sampler"}, label="class-balanced CLS sampling"),

@@ -10,7 +10,7 @@ DEMO_OUT ?= demo_out
 $(BIN)/segcls-train: pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-cpu.txt -e '.[train,export,prepare,dev]'
+	$(BIN)/pip install -q -r requirements-cpu.txt -e '.[train,export,prepare,view,dev]'
 	@touch $@
 
 setup: $(BIN)/segcls-train

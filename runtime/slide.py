@@ -376,9 +376,18 @@ class TiffSlide(Slide):
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         page = self._pages[level]
-        return self._padded(location, level, size, lambda x, y, w, h: self._read_page(page, x, y, w, h))
+        return self._padded(location, level, size, lambda x, y, w, h: _to_rgb(self._samples(page, x, y, w, h), page))
 
-    def _read_page(self, page, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read_samples(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The stored samples (h, w, samples) of window (x, y, w, h) inside `level`, in that level's own pixel
+        frame, before any colour conversion: the class indices of a palette label mask, not their colours."""
+        self._check_request(level, (w, h))
+        lw, lh = self.level_dimensions[level]
+        if x < 0 or y < 0 or x + w > lw or y + h > lh:
+            raise SlideError(f"window {w} x {h} at ({x}, {y}) is outside level {level} ({lw} x {lh}) of {self.path}")
+        return self._samples(self._pages[level], x, y, w, h)
+
+    def _samples(self, page, x: int, y: int, w: int, h: int) -> np.ndarray:
         import tifffile
 
         samples = page.samplesperpixel
@@ -404,8 +413,7 @@ class TiffSlide(Slide):
             if type(e).__module__.startswith("imagecodecs"):
                 raise SlideError(f"cannot decode {self.path}: {_one_line(e)}") from None
             raise
-        pixels = np.moveaxis(out, 0, -1) if out is not None else contig
-        return _to_rgb(pixels, page)
+        return np.moveaxis(out, 0, -1) if out is not None else contig
 
     def close(self) -> None:
         self._tif.close()

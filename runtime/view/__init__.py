@@ -14,6 +14,7 @@ folder), `cli` (the command). The server is an optional extra: pip install 'segc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,14 +67,15 @@ def serve(
 ) -> None:
     """Serve `app` until Ctrl-C (or SIGTERM); `on_ready(url)` is called once the socket listens."""
     from segcls.core.cli import require_extra
-    from segcls.runtime.view.server import close, make_server, url_of
+    from segcls.runtime.view.server import running
 
     require_extra("view", "waitress")
-    server = make_server(app, host, port, threads)
-    if on_ready is not None:
-        on_ready(url_of(server))
+    # waitress's own loop swallows SystemExit and KeyboardInterrupt: it runs on a thread of its own, so that
+    # Ctrl-C and SIGTERM (segcls.core.cli.handle_errors) reach this one and end the command as they should.
     try:
-        server.run()
+        with running(app, host, port, threads) as url:
+            if on_ready is not None:
+                on_ready(url)
+            threading.Event().wait()
     finally:
-        close(server)
         app.close()

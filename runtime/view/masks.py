@@ -52,14 +52,21 @@ class LabelMask:
     def dimensions(self) -> tuple[int, int]:
         return self.level_dimensions[0]
 
-    def check_fits(self, slide_size: tuple[int, int], slide_name: str) -> None:
-        """Raise SlideError unless this mask covers a slide of `slide_size` (same aspect ratio, to a pixel)."""
+    def check_fits(self, slide_size: tuple[int, int], slide_mpp: float | None, slide_name: str) -> None:
+        """Raise SlideError unless this mask covers a slide of `slide_size` px at `slide_mpp`: the same aspect
+        ratio to a pixel and, where both know their µm/px, the same width in µm to a pixel of either."""
         (w0, h0), (mw, mh) = slide_size, self.dimensions
         scale = w0 / mw
         if abs(mh * scale - h0) > scale + 1 or mw > w0 or mh > h0:
             raise SlideError(
                 f"mask {self.path.name} is {mw} x {mh} px, which does not cover slide {slide_name} "
                 f"({w0} x {h0} px) at one scale: is it this slide's mask?"
+            )
+        if slide_mpp and self.mpp and abs(mw * self.mpp - w0 * slide_mpp) > 2 * (self.mpp + slide_mpp):
+            raise SlideError(
+                f"mask {self.path.name} is {mw * self.mpp:.0f} um wide ({mw} px at {self.mpp:.4g} um/px) but slide "
+                f"{slide_name} is {w0 * slide_mpp:.0f} um ({w0} px at {slide_mpp:.4g} um/px): is it this slide's "
+                "mask? (--slide-mpp if the slide's own um/px is wrong)"
             )
 
     def sample(self, xs: np.ndarray, ys: np.ndarray, slide_size: tuple[int, int], spacing: float) -> np.ndarray:

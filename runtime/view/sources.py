@@ -109,7 +109,7 @@ def open_item(
         if mask_path is not None:
             label_mask = LabelMask(mask_path)
             try:
-                item.mask_tiles = MaskTiles(label_mask, item.tiles.grid, slide_path.name)
+                item.mask_tiles = MaskTiles(label_mask, item.tiles.grid, opened.mpp, slide_path.name)
             except BaseException:
                 label_mask.close()
                 raise

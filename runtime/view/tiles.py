@@ -108,8 +108,8 @@ class SlideTiles:
 class MaskTiles:
     """Class-index tiles of a mask on its slide's Deep Zoom grid (255 = unlabelled)."""
 
-    def __init__(self, mask: LabelMask, grid: DeepZoomGrid, slide_name: str) -> None:
-        mask.check_fits(grid.size, slide_name)
+    def __init__(self, mask: LabelMask, grid: DeepZoomGrid, slide_mpp: float | None, slide_name: str) -> None:
+        mask.check_fits(grid.size, slide_mpp, slide_name)
         self.mask, self.grid = mask, grid
 
     @property

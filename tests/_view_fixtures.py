@@ -8,12 +8,14 @@ rectangles given in slide level-0 pixels, so a test knows the class of every poi
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from segcls.runtime.cohort import CSV_FIELDS, CSV_NAME
 from segcls.runtime.mask_writer import write_mask
 
 SIZE = (3000, 2000)  # slide level 0, px
@@ -96,3 +98,27 @@ def write_geojson(path: Path) -> Path:
                                         "classification": {"name": CLASSES[k], "color": list(COLORS[k])}}})  # fmt: skip
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
+
+
+def write_cohort(folder: Path, files: dict[str, Path]) -> Path:
+    """OUT_DIR as segcls-infer leaves it: a done slide (mask, summary, GeoJSON beside it), a failed one, and a
+    row whose slide is gone."""
+    out = folder / "out"
+    out.mkdir()
+    other = write_slide(folder / "other.tif", size=(1200, 900))
+    write_test_mask(out / "known.mask.tif")
+    write_summary(out / "known.summary.json", files["slide"], {"stroma": 1.0, "tumour": 2.0, "necrosis": 3.0})
+    write_geojson(out / "known.geojson")
+    rows = [
+        {"slide": str(files["slide"]), "status": "done", "seconds": 12.5, "tiles": 40, "tiles_per_s": 3.2,
+         "mask": str(out / "known.mask.tif"), "worker": "host:1", "error": ""},
+        {"slide": str(other), "status": "failed", "seconds": 0.4, "tiles": "", "tiles_per_s": "",
+         "mask": str(out / "other.mask.tif"), "worker": "host:1", "error": "SlideError: cannot read tile 3"},
+        {"slide": str(folder / "gone.svs"), "status": "done", "seconds": 1, "tiles": 1, "tiles_per_s": 1,
+         "mask": str(out / "gone.mask.tif"), "worker": "host:1", "error": ""},
+    ]  # fmt: skip
+    with open(out / CSV_NAME, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

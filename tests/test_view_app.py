@@ -3,7 +3,6 @@ tile cache, the cohort index from cohort.csv, and tiles served concurrently by t
 
 from __future__ import annotations
 
-import csv
 import json
 import threading
 import time
@@ -14,10 +13,10 @@ from types import MappingProxyType
 
 import numpy as np
 import pytest
-from _view_fixtures import CLASSES, REGIONS, write_geojson, write_slide, write_summary, write_test_mask
+from _view_fixtures import CLASSES, REGIONS, write_cohort, write_geojson, write_slide, write_summary, write_test_mask
 
 from segcls.core.errors import SegclsError, SlideError
-from segcls.runtime.cohort import CSV_FIELDS, CSV_NAME
+from segcls.runtime.cohort import CSV_NAME
 from segcls.runtime.slide import Slide
 from segcls.runtime.view import ViewerApp, open_viewer
 from segcls.runtime.view.cohort_index import read_cohort
@@ -229,30 +228,6 @@ def _fetch(url: str) -> int:
             return response.status
     except urllib.error.HTTPError as e:
         return e.code
-
-
-def write_cohort(folder: Path, files: dict[str, Path]) -> Path:
-    """OUT_DIR as segcls-infer leaves it: a done slide (mask, summary, GeoJSON beside it), a failed one, and a
-    row whose slide is gone."""
-    out = folder / "out"
-    out.mkdir()
-    other = write_slide(folder / "other.tif", size=(1200, 900))
-    write_test_mask(out / "known.mask.tif")
-    write_summary(out / "known.summary.json", files["slide"], {"stroma": 1.0, "tumour": 2.0, "necrosis": 3.0})
-    write_geojson(out / "known.geojson")
-    rows = [
-        {"slide": str(files["slide"]), "status": "done", "seconds": 12.5, "tiles": 40, "tiles_per_s": 3.2,
-         "mask": str(out / "known.mask.tif"), "worker": "host:1", "error": ""},
-        {"slide": str(other), "status": "failed", "seconds": 0.4, "tiles": "", "tiles_per_s": "",
-         "mask": str(out / "other.mask.tif"), "worker": "host:1", "error": "SlideError: cannot read tile 3"},
-        {"slide": str(folder / "gone.svs"), "status": "done", "seconds": 1, "tiles": 1, "tiles_per_s": 1,
-         "mask": str(out / "gone.mask.tif"), "worker": "host:1", "error": ""},
-    ]  # fmt: skip
-    with open(out / CSV_NAME, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
 
 
 def test_cohort_index_lists_every_slide_with_its_status(files, tmp_path):

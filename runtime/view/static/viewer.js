@@ -67,7 +67,7 @@
     const previous = state.mask;
     viewer.addTiledImage({
       tileSource: tileSource(cfg.maskTiles, maskQuery()),
-      opacity: state.opacity,
+      opacity: document.getElementById("show-mask").checked ? state.opacity : 0,
       success: function (e) {
         if (generation !== state.generation) {
           viewer.world.removeItem(e.item);
@@ -129,10 +129,23 @@
     const shown = document.getElementById("opacity-value");
     slider.value = Math.round(state.opacity * 100);
     shown.textContent = slider.value + " %";
+    const maskBox = document.getElementById("show-mask");
+    // The whole mask on and off (the checkbox, or "m"): pathologists flick it to compare with the bare tissue.
+    function applyOpacity() {
+      const value = maskBox.checked ? state.opacity : 0;
+      for (let i = 1; i < viewer.world.getItemCount(); i++) viewer.world.getItemAt(i).setOpacity(value);
+    }
+    state.applyOpacity = applyOpacity;
     slider.addEventListener("input", function () {
       state.opacity = slider.value / 100;
       shown.textContent = slider.value + " %";
-      for (let i = 1; i < viewer.world.getItemCount(); i++) viewer.world.getItemAt(i).setOpacity(state.opacity);
+      applyOpacity();
+    });
+    maskBox.addEventListener("change", applyOpacity);
+    document.addEventListener("keydown", function (e) {
+      if (e.key !== "m" || e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|TEXTAREA)$/.test(e.target.tagName)) return;
+      maskBox.checked = !maskBox.checked;
+      applyOpacity();
     });
     viewer.addOnceHandler("open", showMask);
   }

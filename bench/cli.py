@@ -12,6 +12,7 @@ from segcls.bench.overlap import overlap_command
 from segcls.bench.readers import readers_command
 from segcls.bench.shapes import shapes_command
 from segcls.bench.slide import slide_command
+from segcls.bench.view import view_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,5 +21,5 @@ def main() -> None:
 
 
 for command in (latency, slide_command, readers_command, overlap_command, mask_write_command, cluster_command,
-                geojson_command, shapes_command):  # fmt: skip
+                geojson_command, shapes_command, view_command):  # fmt: skip
     main.add_command(command)

@@ -208,8 +208,9 @@ def test_pointer_shows_position_and_class(page, files):
         page.mouse.move(5, VIEWPORT["height"] - 5)  # off the slide
         page.wait_for_function("document.getElementById('cursor').innerText.includes('Outside')", timeout=20_000)
     app.close()
-    x_mm = float(text.split("x ")[1].split(" mm")[0])
-    assert abs(x_mm - (x0 + x1) / 2 * 0.5 / 1000) < 0.01
+    x_um, y_um = (float(text.split(f"{axis} ")[1].split(" µm")[0]) for axis in "xy")
+    pointer_um = 1.5 * 0.5 * (x1 - x0) / (right - left)  # 1.5 screen px, in µm
+    assert abs(x_um - (x0 + x1) / 2 * 0.5) <= pointer_um and abs(y_um - (y0 + y1) / 2 * 0.5) <= pointer_um, text
 
 
 def test_outlines_are_drawn_on_the_region_edges(page, files):

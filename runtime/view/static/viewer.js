@@ -165,7 +165,7 @@
   let lastLookup = 0;
   function describe(x, y, className) {
     const where = cfg.mpp
-      ? "x " + ((x * cfg.mpp) / 1000).toFixed(3) + " mm, y " + ((y * cfg.mpp) / 1000).toFixed(3) + " mm"
+      ? "x " + (x * cfg.mpp).toFixed(1) + " µm, y " + (y * cfg.mpp).toFixed(1) + " µm"
       : "x " + Math.floor(x) + " px, y " + Math.floor(y) + " px (no µm/px in the slide)";
     const cls = className === undefined ? "" : "<br>Class: <strong>" + className + "</strong>";
     cursor.innerHTML = where + (cfg.mpp ? " <span class='note'>(" + Math.floor(x) + ", " + Math.floor(y) + " px)</span>" : "") + cls;

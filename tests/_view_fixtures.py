@@ -122,3 +122,16 @@ def write_cohort(folder: Path, files: dict[str, Path]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+def write_known(folder: Path) -> dict[str, Path]:
+    """The known slide, its mask at 1.7 um/px, its GeoJSON and a summary, in `folder`."""
+    slide = write_slide(folder / "known.tif")
+    areas = {"stroma": 0.39, "tumour": 0.19, "necrosis": 0.14}
+    return {
+        "folder": folder,
+        "slide": slide,
+        "mask": write_test_mask(folder / "known.mask.tif"),
+        "geojson": write_geojson(folder / "known.geojson"),
+        "summary": write_summary(folder / "known.summary.json", slide, areas),
+    }

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import numpy as np
 import pytest
-from _view_fixtures import CLASSES, REGIONS, write_cohort, write_geojson, write_slide, write_summary, write_test_mask
+from _view_fixtures import CLASSES, REGIONS, write_cohort, write_known, write_slide
 
 from segcls.core.errors import SegclsError, SlideError
 from segcls.runtime.cohort import CSV_NAME
@@ -27,15 +27,7 @@ from segcls.runtime.view.tiles import SlideTiles
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("view")
-    slide = write_slide(folder / "known.tif")
-    return {
-        "folder": folder,
-        "slide": slide,
-        "mask": write_test_mask(folder / "known.mask.tif"),
-        "geojson": write_geojson(folder / "known.geojson"),
-        "summary": write_summary(folder / "known.summary.json", slide, {"stroma": 1.5, "tumour": 2.5, "necrosis": 0.0}),
-    }
+    return write_known(tmp_path_factory.mktemp("view"))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def test_one_slide_redirects_to_its_viewer_page(app):
     assert (config["width"], config["height"], config["tileSize"], config["overlap"]) == (3000, 2000, 254, 1)
     assert [c["name"] for c in config["classes"]] == list(CLASSES)
     # the summary beside the mask gives the areas and the slide class
-    assert [c["area"] for c in config["classes"]] == [1.5, 2.5, 0.0]
+    assert [c["area"] for c in config["classes"]] == [0.39, 0.19, 0.14]
     assert "Slide class: <strong>tumour</strong>" in page
     assert "/static/openseadragon/openseadragon.min.js" in page and "cdn" not in page.lower()
 

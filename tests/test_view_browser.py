@@ -10,6 +10,7 @@ Skipped when Chromium or Playwright is missing; with SEGCLS_REQUIRE_BROWSER=1 (C
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -18,16 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _view_fixtures import (
-    CLASSES,
-    COLORS,
-    REGIONS,
-    write_cohort,
-    write_geojson,
-    write_slide,
-    write_summary,
-    write_test_mask,
-)
+from _view_fixtures import CLASSES, COLORS, REGIONS, write_cohort, write_known
 from PIL import Image
 
 from segcls.runtime.view import open_viewer
@@ -63,17 +55,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("browser")
-    slide = write_slide(folder / "known.tif")
-    return {
-        "folder": folder,
-        "slide": slide,
-        "mask": write_test_mask(folder / "known.mask.tif"),
-        "geojson": write_geojson(folder / "known.geojson"),
-        "summary": write_summary(
-            folder / "known.summary.json", slide, {"stroma": 0.39, "tumour": 0.19, "necrosis": 0.14}
-        ),
-    }
+    return write_known(tmp_path_factory.mktemp("browser"))
 
 
 @pytest.fixture
@@ -116,15 +98,25 @@ def _region(shot: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return shot[top:bottom, left:right]
 
 
+@contextlib.contextmanager
+def _viewing(page, files, geojson: bool = True):
+    """The known slide served and open in `page`, its tiles loaded."""
+    app = open_viewer(files["slide"], files["mask"], files["geojson"] if geojson else None, progress=False)
+    try:
+        with running(app) as url:
+            page.goto(url)
+            _wait(page, 1)
+            yield
+    finally:
+        app.close()
+
+
 def _set_opacity(page, percent: int) -> None:
     page.eval_on_selector("#opacity", f"e => {{ e.value = {percent}; e.dispatchEvent(new Event('input')); }}")
 
 
 def test_class_colour_is_blended_over_the_tissue_and_toggles_off(page, files):
-    app = open_viewer(files["slide"], files["mask"], files["geojson"], progress=False)
-    with running(app) as url:
-        page.goto(url)
-        _wait(page, 1)
+    with _viewing(page, files):
         _set_opacity(page, 60)
         shown = _screenshot(page)
         _set_opacity(page, 0)
@@ -140,7 +132,6 @@ def test_class_colour_is_blended_over_the_tissue_and_toggles_off(page, files):
         assert page.locator("#legend").inner_text().split() == [
             "Class", "Area", "(mm²)", "stroma", "0.39", "tumour", "0.19", "necrosis", "0.14",
         ]  # fmt: skip
-    app.close()
     for k, rect in REGIONS.items():
         box = _screen_box(page, *rect, margin=4)
         expected = 0.4 * _region(tissue, box) + 0.6 * np.array(COLORS[k])
@@ -161,10 +152,7 @@ def test_mask_edge_stays_on_the_slide_edge_at_full_zoom(page, files):
     """At the most zoomed-in level a mask pixel is 3.4 slide px wide: the tumour's left edge on screen must be
     within one mask pixel of where the slide's rectangle starts (a mask drawn to the wrong scale is off by
     hundreds of pixels here)."""
-    app = open_viewer(files["slide"], files["mask"], progress=False)
-    with running(app) as url:
-        page.goto(url)
-        _wait(page, 1)
+    with _viewing(page, files, geojson=False):
         x0, y0, _, _ = REGIONS[1]
         page.evaluate(
             """([x, y]) => {
@@ -184,7 +172,6 @@ def test_mask_edge_stays_on_the_slide_edge_at_full_zoom(page, files):
         )
         edge = _screen_box(page, x0, y0, x0 + 1, y0 + 1)[0]
         width = page.evaluate("segclsViewer.element.clientWidth")
-    app.close()
     assert scale > 6  # several screen px per slide px: the top Deep Zoom level, magnified
     row = shot[VIEWPORT["height"] // 2, :width]
     red = np.all(np.abs(row - COLORS[1]) <= 6, axis=-1)
@@ -195,10 +182,7 @@ def test_mask_edge_stays_on_the_slide_edge_at_full_zoom(page, files):
 
 
 def test_pointer_shows_position_and_class(page, files):
-    app = open_viewer(files["slide"], files["mask"], progress=False)
-    with running(app) as url:
-        page.goto(url)
-        _wait(page, 1)
+    with _viewing(page, files, geojson=False):
         assert "Slide class: tumour (score 0.90)" in page.inner_text("#slide-class")
         x0, y0, x1, y1 = REGIONS[2]
         left, top, right, bottom = _screen_box(page, x0, y0, x1, y1)
@@ -207,24 +191,19 @@ def test_pointer_shows_position_and_class(page, files):
         text = page.inner_text("#cursor")
         page.mouse.move(5, VIEWPORT["height"] - 5)  # off the slide
         page.wait_for_function("document.getElementById('cursor').innerText.includes('Outside')", timeout=20_000)
-    app.close()
     x_um, y_um = (float(text.split(f"{axis} ")[1].split(" µm")[0]) for axis in "xy")
     pointer_um = 1.5 * 0.5 * (x1 - x0) / (right - left)  # 1.5 screen px, in µm
     assert abs(x_um - (x0 + x1) / 2 * 0.5) <= pointer_um and abs(y_um - (y0 + y1) / 2 * 0.5) <= pointer_um, text
 
 
 def test_outlines_are_drawn_on_the_region_edges(page, files):
-    app = open_viewer(files["slide"], files["mask"], files["geojson"], progress=False)
-    with running(app) as url:
-        page.goto(url)
-        _wait(page, 1)
+    with _viewing(page, files):
         _set_opacity(page, 0)
         before = _screenshot(page)
         page.check("#show-outlines")
         page.wait_for_function("document.body.dataset.outlines === 'shown'", timeout=20_000)
         after = _screenshot(page)
         x0, y0, x1, y1 = _screen_box(page, *REGIONS[2])
-    app.close()
     middle = (y0 + y1) // 2
     changed = np.abs(after - before).sum(-1) > 60
     assert changed[middle, x0 - 2 : x0 + 3].any() and changed[middle, x1 - 2 : x1 + 3].any()

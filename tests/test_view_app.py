@@ -231,7 +231,8 @@ def test_cohort_index_lists_every_slide_with_its_status(files, tmp_path):
     assert 'data-slide="known.tif" data-status="done"' in page
     assert 'data-slide="other.tif" data-status="failed"' in page and "SlideError: cannot read tile 3" in page
     assert 'data-slide="gone.svs" data-status="unreadable"' in page and "slide not found" in page
-    assert "3.20 tiles/s" in page and "Slide class: <strong>tumour</strong>" in page and "3.00 mm²" in page
+    assert "40 tiles, 12.5 s, 3.20 tiles/s" in page and "<td>0.4 s</td>" in page and "3.00 mm²" in page
+    assert "Slide class: <strong>tumour</strong>" in page
     known, other, gone = app.order
     assert known.geojson_path == out / "known.geojson" and known.mask_tiles is not None
     assert other.mask_tiles is None  # failed: no mask, but the slide can be looked at

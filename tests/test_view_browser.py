@@ -36,8 +36,10 @@ LOADED = "document.body.dataset.loaded === 'yes' && document.body.dataset.genera
 
 
 def _chromium() -> str | None:
-    found = os.environ.get("SEGCLS_CHROMIUM")
-    return found or next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    """SEGCLS_CHROMIUM if set (and there), else the first Chromium on PATH."""
+    if "SEGCLS_CHROMIUM" in os.environ:
+        return shutil.which(os.environ["SEGCLS_CHROMIUM"])
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from segcls.core.cli import handle_errors
+from segcls.core.cli import handle_errors, require_extra
 from segcls.core.errors import SegclsError
 from segcls.runtime.view.server import DEFAULT_PORT, LOCAL_HOSTS
 
@@ -85,6 +85,8 @@ def main(
         check_target(export_dir, overwrite)
     elif overwrite:
         raise click.UsageError("--overwrite goes with --export")
+    else:
+        require_extra("view", "waitress")  # before opening every slide, not after
     app = open_viewer(
         target, mask, geojson, summary, slide_mpp=slide_mpp, cache_bytes=cache_mb << 20, opacity=opacity,
         progress=not quiet,

@@ -113,11 +113,10 @@ def _card(item: ViewItem) -> str:
     if item.slide_class():
         rows.append(f"<tr><td colspan=2>{_slide_class_text(item)}</td></tr>")
     run = item.run
-    if run.get("tiles_per_s") is not None or run.get("seconds") is not None:
-        rows.append(
-            f"<tr><td>Run</td><td>{_number(run.get('tiles'), '.0f')} tiles in {_number(run.get('seconds'), '.1f')} s, "
-            f"{_number(run.get('tiles_per_s'), '.2f')} tiles/s</td></tr>"
-        )
+    units = (("tiles", ".0f", " tiles"), ("seconds", ".1f", " s"), ("tiles_per_s", ".2f", " tiles/s"))
+    parts = [f"{format(run[k], fmt)}{unit}" for k, fmt, unit in units if isinstance(run.get(k), int | float)]
+    if parts:
+        rows.append(f"<tr><td>Run</td><td>{', '.join(parts)}</td></tr>")
     areas = item.areas_mm2() if viewable else None
     if areas and item.mask_tiles is not None:
         cells = []

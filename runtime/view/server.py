@@ -50,6 +50,8 @@ def url_of(server) -> str:
 def close(server) -> None:
     """Stop a server running in another thread: its socket, its open connections, its request threads."""
     server.close()
+    # Kept-alive browser connections stay in waitress's socket map (its `_map`, which `run` loops over) until
+    # they time out: close them too, or the loop would go on for `channel_timeout`.
     for channel in list(server._map.values()):
         with contextlib.suppress(Exception):
             channel.close()

@@ -41,8 +41,8 @@ class ViewItem:
     run: dict = field(default_factory=dict)  # seconds, tiles, tiles_per_s of the cohort row
     tiles: SlideTiles | None = None
     mask_tiles: MaskTiles | None = None
-    _areas: dict | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _areas: dict | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def mpp(self) -> float | None:

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from segcls.runtime.backends import open_backend
-from segcls.runtime.pipeline import InferOptions, infer_slide, plan_tiles, read_batches
+from segcls.runtime.feed import read_batches
+from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.plan import plan_tiles
 from segcls.runtime.slide import open_slide
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 
@@ -54,8 +56,8 @@ def synthetic_slide(folder: Path, size: int) -> Path:
 def first_batches(backend, slide_path: Path, opts: InferOptions, max_tiles: int) -> list[np.ndarray]:
     """The pipeline's own first `max_tiles` tiles (trimmed as it trims them), read into memory as batches."""
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        plan, _, _, tiles, _ = plan_tiles(slide, backend, opts)
-        return read_batches(slide, plan, tiles[:max_tiles], opts.batch)
+        plan = plan_tiles(slide, backend, opts)
+        return read_batches(slide, plan.read, plan.tiles[:max_tiles], opts.batch)
 
 
 def backend_only(backend, batches: list[np.ndarray]) -> dict:

@@ -21,7 +21,8 @@ def ray_workers(slides: list[Path], model: Path, workers: tuple[int, ...] = (1, 
     import ray
 
     from segcls.runtime.cohort import infer_cohort
-    from segcls.runtime.pipeline import InferOptions
+    from segcls.runtime.options import InferOptions
+    from segcls.runtime.ray_runner import RayRunner
 
     opts = InferOptions(progress=False, **options)
     seconds: dict[int, list[float]] = {w: [] for w in workers}
@@ -31,9 +32,9 @@ def ray_workers(slides: list[Path], model: Path, workers: tuple[int, ...] = (1, 
             for _ in range(rounds):
                 for w in workers:
                     start = time.perf_counter()
-                    rows = infer_cohort(slides, model, out, opts, overwrite=True, workers=w)
+                    cohort = infer_cohort(slides, model, out, opts, runner=RayRunner(workers=w), overwrite=True)
                     seconds[w].append(time.perf_counter() - start)
-                    assert all(r.status == "done" for r in rows), rows
+                    assert not cohort.failed, cohort.rows
     finally:
         ray.shutdown()
     return {f"{w} workers": _stats(len(slides) / s for s in seconds[w]) | {"seconds": seconds[w]} for w in workers}

@@ -132,23 +132,18 @@ class SerialMaskWriter:
 
 def run_once(size: int, writer: str, model: Path, mask: Path, backend: str = "auto") -> dict:
     """One whole-slide run in this process (call it in a fresh process: peak RSS is the process's)."""
-    from segcls.runtime import mask_writer
     from segcls.runtime.backends import open_backend
-    from segcls.runtime.pipeline import InferOptions, infer_slide
+    from segcls.runtime.mask_writer import MaskWriter
+    from segcls.runtime.options import InferOptions
+    from segcls.runtime.pipeline import infer_slide
 
     if writer not in WRITERS:
         raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
-    streamed = mask_writer.MaskWriter
-    if writer == "serial":
-        mask_writer.MaskWriter = SerialMaskWriter  # what `_run` looks up when it starts writing
-    be = open_backend(model, backend)
-    try:
+    writer_class = SerialMaskWriter if writer == "serial" else MaskWriter
+    with open_backend(model, backend) as be:
         t0 = time.perf_counter()
-        result = infer_slide(SyntheticSlide(size), be, mask, InferOptions(progress=False))
+        result = infer_slide(SyntheticSlide(size), be, mask, InferOptions(progress=False), mask_writer=writer_class)
         e2e = time.perf_counter() - t0
-    finally:
-        be.close()
-        mask_writer.MaskWriter = streamed
     s = result.summary
     t = s["timings_s"]
     return {

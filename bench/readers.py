@@ -1,6 +1,6 @@
 """Read-only throughput: the pipeline's own readers feeding a backend that costs nothing.
 
-`--workers auto` is chosen from these numbers (runtime/pipeline.py `reader_budget`): how many 1024 px
+`--workers auto` is chosen from these numbers (runtime/cores.py `reader_budget`): how many 1024 px
 tiles per second N reader threads decode from a slide, on this machine's cores, with the same reading
 code, batch buffers and tile order as `segcls-infer`.
 
@@ -17,55 +17,25 @@ import numpy as np
 
 from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
 from segcls.core.cli import handle_errors
-from segcls.core.description import ModelDescription
-from segcls.runtime.backends.base import Backend, BackendOutput
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 
 
-class NullBackend(Backend):
-    """Outputs of the right shape, computed in no time: what is left is reading and the pipeline's loop."""
-
-    name = "none"
-
-    def __init__(self, mpp: float | None = None, classes: int = 2) -> None:
-        super().__init__()
-        self._description = ModelDescription(classes=tuple(f"c{i}" for i in range(classes)), mpp=mpp)
-        self._out: BackendOutput | None = None
-
-    def load(self) -> None:
-        self.description = self._description
-
-    def infer(self, batch: np.ndarray) -> BackendOutput:
-        b, h, w = batch.shape[0], batch.shape[1] // 8, batch.shape[2] // 8
-        if self._out is None or self._out.labels.shape != (b, h, w):
-            c = self.description.num_classes
-            self._out = BackendOutput(
-                np.zeros((b, h, w), np.uint8), np.zeros((b, c, h, w), np.float32), np.zeros((b, c), np.float32)
-            )
-        return self._out
-
-
-class _Discard:
-    def add(self, tile, labels, probs=None) -> None:
-        pass
-
-
 def read_throughput(slide, plan, tiles, grid, workers: int, batch: int = 4) -> dict:
-    """Tiles/s of the pipeline's reading loop (`_infer_tiles`) over `tiles` with `workers` readers."""
-    from segcls.runtime.pipeline import InferOptions, _infer_tiles
+    """Tiles/s of the pipeline's reader feed (`runtime.feed.TileFeed`) over `tiles` with `workers` readers,
+    each batch released as soon as it is read (nothing runs on it)."""
+    from segcls.runtime.feed import TileFeed
 
-    opts = InferOptions(tile=grid.tile, overlap=grid.overlap, batch=batch, workers=workers, progress=False)
-    backend = NullBackend()
-    backend.load()
     start = time.perf_counter()
-    timings, _ = _infer_tiles(slide, plan, grid, tiles, backend, _Discard(), opts, "read-only")
+    with TileFeed(slide, plan, tiles, batch, grid.tile, workers) as feed:
+        for _ in feed:
+            feed.done()
     seconds = time.perf_counter() - start
     return {
         "workers": workers,
         "tiles": len(tiles),
         "seconds": round(seconds, 3),
         "tiles_per_s": round(len(tiles) / seconds, 2),
-        "read_s_per_tile": round(timings["read"] / max(len(tiles), 1), 4),
+        "read_s_per_tile": round(feed.read_seconds / max(len(tiles), 1), 4),
     }
 
 

@@ -1,6 +1,6 @@
 """`segcls-bench shapes`: what a trimmed tile costs. Milliseconds per Mpx of network input by input shape.
 
-Trimming (`runtime.pipeline.trim_tiles`) pays off on a backend only if a smaller input runs in time
+Trimming (`runtime.plan.trim_tiles`) pays off on a backend only if a smaller input runs in time
 proportional to its area; this measures it. Shapes alternate within each round, so a ratio to the whole
 tile is taken under the same load; the median over rounds is reported, with the range.
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -13,74 +11,11 @@ import click
 from segcls.core.cli import handle_errors
 from segcls.core.errors import SegclsError
 from segcls.runtime.backends import BACKENDS, PRECISIONS
+from segcls.runtime.outputs import AUTO, EXTRA_OUTPUTS
 from segcls.runtime.stitch import STITCH_MODES
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-    ".png", ".jpg", ".jpeg",
-}  # fmt: skip
-# Optional outputs: option name -> file suffix beside the mask.
-EXTRA_OUTPUTS = {
-    "overlay": ".overlay.png",
-    "geojson": ".geojson",
-    "probs": ".probs.npy",
-    "summary": ".summary.json",
-}
-AUTO = "-"  # the value of a bare `--overlay`: name it after the mask
 LOCAL_RAY = "local"  # the value of a bare `--ray`: start Ray on this machine
-
-
-def expand_slides(args: tuple[str, ...]) -> tuple[list[Path], bool]:
-    """Files, folders (their slide files) and globs -> (slides, whether OUT is a folder)."""
-    slides: list[Path] = []
-    many = len(args) > 1
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
-            if not found:
-                raise SegclsError(f"no slide files in folder {path}")
-            slides += found
-            many = True
-        elif not path.exists() and glob.has_magic(arg):
-            found = sorted(Path(p) for p in glob.glob(arg))
-            if not found:
-                raise SegclsError(f"no files match {arg}")
-            slides += found
-            many = True
-        else:
-            slides.append(path)  # a missing file is reported when its turn comes
-    names = [s.stem for s in slides]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if many and duplicates:
-        raise SegclsError(f"several slides are named {duplicates[0]}: their outputs would collide in one folder")
-    return slides, many
-
-
-def stem(mask: Path) -> Path:
-    """`out/NAME.mask.tif` -> `out/NAME`: where the optional outputs of a mask go."""
-    name = mask.name
-    for suffix in (".tiff", ".tif"):
-        name = name.removesuffix(suffix)
-    return mask.with_name(name.removesuffix(".mask"))
-
-
-def plan_outputs(slide: Path, out: Path, many: bool, extras: dict[str, str | None]) -> dict[str, Path]:
-    """The mask path and each requested optional output for one slide. An existing folder given for one
-    slide is a folder too (`-o out/` -> out/NAME.mask.tif), never an output that is "done already"."""
-    mask = out / f"{slide.stem}.mask.tif" if many or out.is_dir() else out
-    paths = {}
-    for kind, value in extras.items():
-        if value is None:
-            continue
-        if value == AUTO:
-            paths[kind] = Path(f"{stem(mask)}{EXTRA_OUTPUTS[kind]}")
-        elif many or Path(value).is_dir():  # a folder for every slide's file of that kind
-            paths[kind] = Path(value) / f"{slide.stem}{EXTRA_OUTPUTS[kind]}"
-        else:
-            paths[kind] = Path(value)
-    return {**paths, "mask": mask}
 
 
 def _extra_option(kind: str, what: str):
@@ -210,8 +145,11 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, ray_addre
     With one slide OUT is the mask file; with several (or a folder or glob, or --ray) OUT is a folder, and
     a table of the slides done / skipped / failed ends the run, also written as OUT/cohort.csv.
     """
-    from segcls.runtime.cohort import infer_cohort, make_folders, pending_slides, run_slide, slide_options, write_table
-    from segcls.runtime.pipeline import InferOptions, infer_slide, open_model, result_line
+    from segcls.runtime.cohort import LocalRunner, ModelSpec, infer_cohort
+    from segcls.runtime.options import InferOptions
+    from segcls.runtime.outputs import expand_slides, plan_outputs, slide_options
+    from segcls.runtime.pipeline import infer_slide
+    from segcls.runtime.ray_runner import RayRunner
 
     ray = {k.removeprefix("ray_"): options.pop(k) for k in ("ray_workers", "ray_cpus", "ray_gpus", "ray_retries")}
     paths, many = expand_slides(slides)
@@ -220,45 +158,26 @@ def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, ray_addre
     extras = {k: options.pop(k) for k in EXTRA_OUTPUTS}
     precision = options.pop("precision")
     opts = InferOptions(progress=not quiet, **options)
-    if ray_address is not None:
-        address = None if ray_address == LOCAL_RAY else ray_address
-        rows = infer_cohort(
-            paths, model, out, dataclasses.replace(opts, **extras), address, overwrite=overwrite,
-            workers=ray["workers"], cpus_per_slide=ray["cpus"], gpus_per_slide=ray["gpus"], retries=ray["retries"],
-            precision=precision,
-        )  # fmt: skip
-        _exit_if_failed(sum(r.status == "failed" for r in rows), sum(r.status != "skipped" for r in rows))
+    spec = ModelSpec.of(model, opts, precision)
+    if ray_address is None and not many:  # one slide: its error is the command's error
+        outputs = plan_outputs(paths[0], out, False, extras)
+        if not overwrite and all(p.exists() for p in outputs.values()):
+            click.echo(f"{paths[0].name}: done already ({outputs['mask']}); --overwrite to redo", err=True)
+            return
+        if not paths[0].exists():
+            raise SegclsError(f"slide not found: {paths[0]}")
+        with spec.open(log=lambda message: click.echo(message, err=True)) as backend:
+            click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
+            result = infer_slide(paths[0], backend, outputs["mask"], slide_options(opts, outputs))
+        click.echo(result.line)
         return
-    if many:
-        make_folders(out, extras)
-    plans = [(slide, plan_outputs(slide, out, many, extras)) for slide in paths]
-    todo, skipped = pending_slides(plans, overwrite)
-    start = time.perf_counter()
-    rows = {row.slide: row for row in skipped}
-    if todo:
-        echo = lambda message: click.echo(message, err=True)  # noqa: E731
-        backend = open_model(
-            model, opts.backend, sessions=opts.sessions, precision=precision, tile=opts.tile, batch=opts.batch,
-            log=echo,
-        )  # fmt: skip
-        click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
-        try:
-            for slide, outputs in todo:
-                if not many:  # one slide: its error is the command's error
-                    result = infer_slide(slide, backend, outputs["mask"], slide_options(opts, outputs))
-                    click.echo(result_line(result))
-                    continue
-                row, line = run_slide(slide, backend, outputs, opts)
-                rows[row.slide] = row
-                click.echo(line, err=row.status == "failed")
-        finally:
-            backend.close()
-    if many:
-        click.echo(write_table(out, [rows[str(slide)] for slide, _ in plans], time.perf_counter() - start))
-        _exit_if_failed(sum(r.status == "failed" for r in rows.values()), len(todo))
-
-
-def _exit_if_failed(failed: int, run: int) -> None:
-    if failed:
-        click.echo(f"{failed} of {run} slides failed.", err=True)
+    if ray_address is None:
+        runner = LocalRunner()
+    else:
+        address = None if ray_address == LOCAL_RAY else ray_address
+        runner = RayRunner(address, ray["workers"], ray["cpus"], ray["gpus"], ray["retries"])
+    cohort = infer_cohort(paths, spec, out, dataclasses.replace(opts, **extras), runner=runner, overwrite=overwrite)
+    click.echo(cohort.table)
+    if cohort.failed:
+        click.echo(f"{cohort.failed} of {cohort.run} slides failed.", err=True)
         sys.exit(1)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segcls.runtime.cli import main as infer
-from segcls.runtime.cli import plan_outputs
+from segcls.runtime.outputs import plan_outputs
 
 BLOCKER = """
 import os, sys

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -104,11 +105,48 @@ def _init_ray(ray, address: str | None) -> None:
     if address is None:
         ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False)
         return
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:  # no cluster there, or a malformed address
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise SegclsError(f"cannot join the Ray cluster at {address}: {first}") from None
+    with _StderrCaptured() as said:
+        try:
+            ray.init(address=address, log_to_driver=False)
+            said.echo = True  # Ray's own lines about the cluster it joined
+            return
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:  # no cluster, bad address
+            error, output = e, said.text()
+    if "InvalidAuthToken" in output or isinstance(error, ray.exceptions.AuthenticationError):
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        raise SegclsError(
+            f"cannot join the Ray cluster at {address}: it uses token authentication and this process has no valid "
+            f"token (RAY_AUTH_MODE is {mode!r}): set RAY_AUTH_MODE=token and give it the head's token "
+            "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN), as on every node"
+        ) from None
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    raise SegclsError(f"cannot join the Ray cluster at {address}: {first}") from None
+
+
+class _StderrCaptured:
+    """What is written to file descriptor 2 inside the block: Ray's C++ client says why it cannot connect
+    there, not in the exception. Shown afterwards only if `echo` is set; a failed join is one line of ours."""
+
+    def __init__(self) -> None:
+        self.echo = False
+
+    def __enter__(self) -> _StderrCaptured:
+        sys.stderr.flush()
+        self._saved, self._buffer = os.dup(2), tempfile.TemporaryFile()
+        os.dup2(self._buffer.fileno(), 2)
+        return self
+
+    def text(self) -> str:
+        self._buffer.seek(0)
+        return self._buffer.read().decode(errors="replace")
+
+    def __exit__(self, *exc) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        if self.echo:
+            os.write(2, self.text().encode())
+        self._buffer.close()
 
 
 class _Dispatch:

@@ -20,7 +20,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from segcls.core.errors import SlideError
+from segcls.core.errors import DamagedTileError, SlideError
+from segcls.runtime import strict_jpeg
 
 # Regions whose level-frame window is larger than this are refused rather than exhausting memory.
 _MAX_REGION_PIXELS = 1 << 30
@@ -190,6 +191,16 @@ class Slide(ABC):
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = read(x0, y0, x1 - x0, y1 - y0)
         return out
 
+    def _damaged(self, level: int, box: tuple[int, int, int, int], reason: str) -> DamagedTileError:
+        """The error for a damaged stored tile at `box` (x, y, w, h in `level`'s pixels), its box mapped to
+        level 0 so that it covers every level-0 location `read_region` maps into the tile."""
+        x, y, w, h = box
+        ds = self.level_downsamples[level]
+        w0, h0 = self.dimensions
+        x0, y0 = max(0, math.floor(x * ds)), max(0, math.floor(y * ds))
+        x1, y1 = min(w0, math.ceil((x + w) * ds)), min(h0, math.ceil((y + h) * ds))
+        return DamagedTileError(self.path, level, (x0, y0, x1 - x0, y1 - y0), reason)
+
     def __enter__(self) -> Slide:
         return self
 
@@ -201,7 +212,8 @@ class Slide(ABC):
 
 
 class OpenSlideSlide(Slide):
-    """A slide read by OpenSlide; read-time failures (e.g. a truncated file) become `SlideError`.
+    """A slide read by OpenSlide; a damaged stored tile raises `DamagedTileError`, other read-time
+    failures (e.g. a truncated file) `SlideError`.
 
     With `direct=True` (the default), regions of a tiled TIFF-based slide (generic TIFF, Aperio) are
     decoded by tifffile + imagecodecs instead, when they give the very same pixels (`_direct_reader`):
@@ -216,10 +228,14 @@ class OpenSlideSlide(Slide):
 
         super().__init__(path, mpp)
         self._error = openslide.OpenSlideError
+        self._open = lambda: openslide.OpenSlide(str(path))
         try:
-            self._osr = openslide.OpenSlide(str(path))
+            self._osr = self._open()
         except (openslide.OpenSlideError, OSError) as e:
             raise SlideError(f"cannot open slide {path}: {_one_line(e)}") from None
+        self._handle_lock = threading.Lock()
+        self._broken: list = []  # handles a failed read left unusable, closed with the slide
+        self._properties = MappingProxyType(dict(self._osr.properties))  # read once: a failed read breaks the handle
         self.level_dimensions = tuple(self._osr.level_dimensions)
         self._direct = _direct_reader(self) if direct else None
 
@@ -230,11 +246,11 @@ class OpenSlideSlide(Slide):
 
     @property
     def properties(self) -> MappingProxyType:
-        return MappingProxyType(dict(self._osr.properties))
+        return self._properties
 
     def _native_mpp(self) -> float | None:
         try:
-            mpp = float(self._osr.properties["openslide.mpp-x"])
+            mpp = float(self._properties["openslide.mpp-x"])
         except (KeyError, ValueError):
             return None
         return mpp if mpp > 0 else None
@@ -246,18 +262,59 @@ class OpenSlideSlide(Slide):
         return self._openslide_region(location, level, (w, h))
 
     def _openslide_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        w, h = size
+        osr, location = self._osr, (int(location[0]), int(location[1]))
         try:
-            region = self._osr.read_region((int(location[0]), int(location[1])), level, (w, h))
-        except self._error as e:
-            where = f"{w} x {h} at {tuple(location)} level {level}"
-            raise SlideError(f"cannot read {where} from {self.path}: {_one_line(e)}") from None
-        return _composite_white(np.asarray(region))
+            return _composite_white(np.asarray(osr.read_region(location, level, size)))
+        except self._error:
+            pass
+        # OpenSlide's errors are sticky: the handle now fails every read. The other readers get a fresh one
+        # (the broken one stays open until close: another thread may still be inside it).
+        with self._handle_lock:
+            if self._osr is osr:
+                self._osr = self._open()
+                self._broken.append(osr)
+        return self._read_alone(location, level, size)
+
+    def _read_alone(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """The region read on a private handle: its pixels if another region's damage broke the shared
+        handle under this read, else DamagedTileError for the first of its stored tiles that fails alone
+        (the region's box where OpenSlide does not say the level's tile size)."""
+        with contextlib.closing(self._open()) as osr:
+            try:
+                return _composite_white(np.asarray(osr.read_region(location, level, size)))
+            except self._error as e:
+                reason = _one_line(e)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        x0, y0 = max(0, math.floor(location[0] / ds)), max(0, math.floor(location[1] / ds))
+        x1, y1 = min(lw, x0 + size[0]), min(lh, y0 + size[1])
+        try:
+            tw, th = (int(self._properties[f"openslide.level[{level}].tile-{side}"]) for side in ("width", "height"))
+        except (KeyError, ValueError):
+            tw, th = 0, 0
+        tiles = (
+            (
+                (tx, ty, min(tw, lw - tx), min(th, lh - ty))
+                for ty in range(y0 // th * th, y1, th)
+                for tx in range(x0 // tw * tw, x1, tw)
+            )
+            if tw > 0 and th > 0
+            else ()
+        )
+        with contextlib.closing(self._open()) as osr:
+            for tile in tiles:
+                centre = (round((tile[0] + tile[2] / 2) * ds), round((tile[1] + tile[3] / 2) * ds))
+                try:
+                    osr.read_region(centre, level, (1, 1))
+                except self._error as e:
+                    raise self._damaged(level, tile, _one_line(e)) from None
+        raise self._damaged(level, (x0, y0, x1 - x0, y1 - y0), reason)
 
     def close(self) -> None:
         if self._direct is not None:
             self._direct.close()
-        self._osr.close()
+        for osr in (*self._broken, self._osr):
+            osr.close()
 
 
 # TIFF compressions whose tiles tifffile + imagecodecs decode (none, LZW, JPEG, deflate, Adobe deflate).
@@ -270,10 +327,10 @@ def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
     """A tifffile reader of `slide`'s levels if it decodes them exactly as OpenSlide does, else None.
 
     Qualify: generic TIFF and Aperio files whose tiled levels tifffile sees at the same sizes, with a
-    compression it decodes, and a probe region at the centre of every level that decodes to the same
+    compression it decodes, and a probe region of every level (`_probe_agrees`) that decodes to the same
     pixels both ways (so a colour-space or JPEG-table quirk falls back to OpenSlide, not to other pixels).
     """
-    if slide._osr.properties.get("openslide.vendor") not in _DIRECT_VENDORS:
+    if slide.properties.get("openslide.vendor") not in _DIRECT_VENDORS:
         return None
     try:
         direct = TiffSlide(slide.path)
@@ -284,13 +341,9 @@ def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
         same = direct.level_dimensions == slide.level_dimensions and all(
             p.is_tiled and int(p.compression) in _DIRECT_COMPRESSIONS for p in pages
         )
-        w0, h0 = slide.dimensions
         for level in range(slide.level_count) if same else ():
-            location, size = (w0 // 2, h0 // 2), (_PROBE, _PROBE)
-            if not np.array_equal(
-                direct.read_region(location, level, size), slide._openslide_region(location, level, size)
-            ):
-                same = False
+            same = _probe_agrees(direct, slide, level)
+            if not same:
                 break
     except SlideError:
         same = False
@@ -298,6 +351,26 @@ def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
         direct.close()
         return None
     return direct
+
+
+def _probe_agrees(direct: TiffSlide, slide: OpenSlideSlide, level: int) -> bool:
+    """Whether a probe region of `level` reads the same pixels both ways: at the slide's centre, or, where a
+    damaged tile is there, at a quarter or three quarters across or at the origin, wherever the level-0
+    location is a whole multiple of the downsample (elsewhere OpenSlide interpolates between level pixels)."""
+    w0, h0 = slide.dimensions
+    lw, lh = slide.level_dimensions[level]
+    ds = slide.level_downsamples[level]
+    others = [(lw * f // 4 * ds, lh * f // 4 * ds) for f in (1, 3)] + [(0, 0)]
+    aligned = [(int(x), int(y)) for x, y in others if float(x).is_integer() and float(y).is_integer()]
+    for location in [(w0 // 2, h0 // 2), *aligned]:
+        try:
+            return np.array_equal(
+                direct.read_region(location, level, (_PROBE, _PROBE)),
+                slide._openslide_region(location, level, (_PROBE, _PROBE)),
+            )
+        except DamagedTileError:
+            continue
+    return False
 
 
 class TiffSlide(Slide):
@@ -337,19 +410,67 @@ class TiffSlide(Slide):
         self.level_dimensions = tuple((p.imagewidth, p.imagelength) for p in self._pages)
         self._lock = threading.Lock()  # the file handle's position
         self._decoded = _DecodedTiles(_DECODED_CACHE_BYTES)
+        self._strict = [strict_jpeg.for_page(page, self._samples(page)) for page in self._pages]
 
-    def _decode(self, page, index: int):
-        """(decoded segment (length, width, samples) or None, sample plane, segment y, segment x), cached."""
-        key = (id(page), index)
+    @property
+    def jpeg_checks(self) -> tuple[str | None, ...]:
+        """Per level, how libjpeg's warnings are heard (`strict_jpeg`): "decode" (the strict decoder gives
+        the pixels, no extra cost), "check" (tifffile decodes, the tile is decoded again at 1/8 scale to be
+        checked) or None (not JPEG, or JPEG of more than 8 bits: not checked)."""
+        return tuple(None if s is None else ("decode" if s.decodes else "check") for s in self._strict)
+
+    def _samples(self, page) -> Iterator[tuple[bytes, np.ndarray]]:
+        """(bytes, tifffile's decoded tile) of a few stored tiles of `page`: first, middle and last."""
+        stored = [i for i, count in enumerate(page.databytecounts) if count]
+        for index in dict.fromkeys(stored[len(stored) * k // 3] for k in range(3) if stored):
+            data = self._read_segment(page, index)
+            try:
+                segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            except Exception:  # a damaged sample: its error surfaces where a region reads it
+                continue
+            yield data, segment[0]
+
+    def _read_segment(self, page, index: int) -> bytes | None:
+        """The stored bytes of one tile or strip (None for a tile that was never written)."""
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if not count:
+            return None
+        with self._lock:
+            self._tif.filehandle.seek(offset)
+            return self._tif.filehandle.read(count)
+
+    def _decode(self, level: int, index: int):
+        """(decoded segment (length, width, samples) or None, sample plane, segment y, segment x), cached.
+
+        A segment that is cut short by the end of the file, that its decoder refuses, or that makes libjpeg
+        warn (`strict_jpeg`) raises DamagedTileError with its position; it is not cached.
+        """
+        key = (level, index)
         hit = self._decoded.get(key)
         if hit is not None:
             return hit
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        with self._lock:
-            self._tif.filehandle.seek(offset)
-            data = self._tif.filehandle.read(count) if count else None
-        segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
-        decoded = (None if segment is None else segment[0], s, sy, sx)
+        page = self._pages[level]
+        data = self._read_segment(page, index)
+        count = page.databytecounts[index]
+        if data is not None and len(data) < count:
+            reason = f"its {count} bytes run past the end of the file ({len(data)} there)"
+            raise self._damaged(level, _segment_box(page, index)[1:], reason)
+        strict = self._strict[level]
+        try:
+            if data is not None and strict is not None and strict.decodes:
+                (s, sx, sy, _, _), segment = _segment_box(page, index), strict.decode(data)
+            else:
+                segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
+                segment = None if segment is None else segment[0]
+                if data is not None and strict is not None:
+                    strict.check(data)
+        except NotImplementedError:
+            raise
+        except Exception as e:
+            if not _is_damage(e):
+                raise
+            raise self._damaged(level, _segment_box(page, index)[1:], _one_line(e)) from None
+        decoded = (segment, s, sy, sx)
         self._decoded.put(key, decoded, 0 if segment is None else segment.nbytes)
         return decoded
 
@@ -375,18 +496,18 @@ class TiffSlide(Slide):
         return None
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        page = self._pages[level]
-        return self._padded(location, level, size, lambda x, y, w, h: self._read_page(page, x, y, w, h))
+        return self._padded(location, level, size, lambda x, y, w, h: self._read_page(level, x, y, w, h))
 
-    def _read_page(self, page, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def _read_page(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         import tifffile
 
+        page = self._pages[level]
         samples = page.samplesperpixel
         out = np.zeros((samples, h, w), dtype=page.dtype) if page.planarconfig == 2 else None
         contig = None if out is not None else np.zeros((h, w, samples), dtype=page.dtype)
         try:
             for index in _segments(page, x, y, w, h):
-                segment, s, sy, sx = self._decode(page, index)  # (length, width, contig samples)
+                segment, s, sy, sx = self._decode(level, index)  # (length, width, contig samples)
                 if segment is None:
                     continue
                 ys, xs = max(y, sy), max(x, sx)
@@ -456,6 +577,29 @@ def _segments(page, x: int, y: int, w: int, h: int) -> list[int]:
         cells = list(range(y // rows, (y + h - 1) // rows + 1))
         per_plane = -(-page.imagelength // rows)
     return [p * per_plane + c for p in range(planes) for c in cells]
+
+
+def _segment_box(page, index: int) -> tuple[int, int, int, int, int]:
+    """(sample plane, x, y, width, height) in `page`'s pixels of the tile or strip at `index`, clipped to
+    the page (the inverse of `_segments`)."""
+    if page.is_tiled:
+        tw, tl = page.tilewidth, page.tilelength
+        across, down = -(-page.imagewidth // tw), -(-page.imagelength // tl)
+    else:
+        tw, tl = page.imagewidth, page.rowsperstrip or page.imagelength
+        across, down = 1, -(-page.imagelength // tl)
+    plane, cell = divmod(index, across * down)
+    row, col = divmod(cell, across)
+    x, y = col * tw, row * tl
+    return plane, x, y, min(tw, page.imagewidth - x), min(tl, page.imagelength - y)
+
+
+def _is_damage(e: Exception) -> bool:
+    """Whether a segment decoder's exception means bad data (imagecodecs' codec errors, libjpeg's words
+    from the strict decoder, tifffile's complaint about a segment of the wrong size)."""
+    import tifffile
+
+    return isinstance(e, ValueError | tifffile.TiffFileError) or type(e).__module__.startswith("imagecodecs")
 
 
 def _to_rgb(pixels: np.ndarray, page) -> np.ndarray:
@@ -583,8 +727,9 @@ def _broken(message: str) -> bool:
 
 
 def _with_log(error: SlideError, messages: list[str]) -> SlideError:
-    """`error` with the first thing tifffile logged about the file, so the one Error: line says it."""
-    if not messages:
+    """`error` with the first thing tifffile logged about the file, so the one Error: line says it (a damaged
+    tile's error already says what is wrong, and keeps its type and position)."""
+    if not messages or isinstance(error, DamagedTileError):
         return error
     return SlideError(f"{error} (tifffile: {messages[0][:200]})")
 

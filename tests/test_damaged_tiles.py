@@ -154,6 +154,25 @@ def test_jpeg_kinds_the_strict_decoder_does_not_decode_are_still_checked(tmp_pat
         assert np.array_equal(slide.read_region((0, 0), 0, (256, 512)), reference.read_region((0, 0), 0, (256, 512)))
 
 
+@pytest.mark.parametrize("compression", ["zlib", "lzw", None])
+@pytest.mark.parametrize("reader", READERS)
+def test_other_codecs_name_a_cut_short_tile_too(tmp_path, compression, reader):
+    """Deflate, LZW and uncompressed tiles whose byte count was cut: OpenSlide (libtiff) refuses them, and
+    each reader names the tile."""
+    ramp = (np.add.outer(np.arange(512), np.arange(512)) // 4 % 256).astype(np.uint8)
+    clean = tmp_path / "clean.tif"
+    tifffile.imwrite(clean, np.stack([ramp] * 3, -1), photometric="rgb", tile=(256, 256), compression=compression)
+    path = tmp_path / "cut.tif"
+    # the last tile in the file: libtiff reads an uncompressed tile's full size where the file has it
+    box = damage_tile(clean, path, tile=(1, 1), how="truncated")
+    _openslide_refuses(path, box, 0)
+    with _open(reader, path) as slide, _open(reader, clean) as reference:
+        with pytest.raises(DamagedTileError) as e:
+            slide.read_region((300, 300), 0, (20, 20))
+        assert (e.value.box, e.value.level) == ((256, 256, 256, 256), 0)
+        assert np.array_equal(slide.read_region((0, 0), 0, (256, 512)), reference.read_region((0, 0), 0, (256, 512)))
+
+
 def test_openslide_reads_on_after_a_damaged_tile_even_in_parallel(tmp_path):
     """OpenSlide's errors are sticky (a failed handle fails every later read): reads of sound regions that
     share the handle with a damaged read, before or at the same time, still get their pixels."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from segcls.core.errors import DamagedTileError, SlideError
 from segcls.runtime import strict_jpeg
+from segcls.runtime.damage import read_around_damage
 
 # Regions whose level-frame window is larger than this are refused rather than exhausting memory.
 _MAX_REGION_PIXELS = 1 << 30
@@ -135,11 +136,14 @@ class Slide(ABC):
                 best = level
         return best
 
-    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
+    def get_thumbnail(
+        self, max_size: tuple[int, int], on_damaged: Callable[[DamagedTileError], None] | None = None
+    ) -> np.ndarray:
         """RGB uint8 image of the whole slide fitting in `max_size` (w, h), aspect ratio kept.
 
         Reads the best level in windows of bounded size and box-filters each, so a slide without a
-        pyramid does not have to fit in memory.
+        pyramid does not have to fit in memory. A damaged stored tile raises `DamagedTileError`, or, with
+        `on_damaged`, reads white and is passed to it (`read_around_damage`).
         """
         from PIL import Image
 
@@ -159,7 +163,13 @@ class Slide(ABC):
                 x0, y0 = round(ox * rx), round(oy * ry)
                 x1, y1 = min(lw, round((ox + bw) * rx)), min(lh, round((oy + bh) * ry))
                 location = (round(x0 * ds_x), round(y0 * ds_y))
-                block = self.read_region(location, level, (max(1, x1 - x0), max(1, y1 - y0)))
+                size = (max(1, x1 - x0), max(1, y1 - y0))
+                if on_damaged is None:
+                    block = self.read_region(location, level, size)
+                else:
+                    block, damaged = read_around_damage(self, location, level, size)
+                    for error in damaged:
+                        on_damaged(error)
                 if block.shape[:2] != (bh, bw):
                     block = np.asarray(Image.fromarray(block).resize((bw, bh), Image.Resampling.BOX))
                 thumb[oy : oy + bh, ox : ox + bw] = block
@@ -202,7 +212,7 @@ class Slide(ABC):
         w0, h0 = self.dimensions
         x0, y0 = max(0, math.floor(x * ds)), max(0, math.floor(y * ds))
         x1, y1 = min(w0, math.ceil((x + w) * ds)), min(h0, math.ceil((y + h) * ds))
-        return DamagedTileError(self.path, level, (x0, y0, x1 - x0, y1 - y0), reason)
+        return DamagedTileError(self.path, level, (x0, y0, x1 - x0, y1 - y0), reason, level_box=box)
 
     def __enter__(self) -> Slide:
         return self

@@ -16,6 +16,7 @@ import tifffile
 from _damaged import HOWS, damage_tile
 
 from segcls.core.errors import DamagedTileError, SlideError
+from segcls.runtime.damage import read_around_damage
 from segcls.runtime.slide import OpenSlideSlide, TiffSlide, open_slide
 from segcls.synth.slide import make_slide
 
@@ -211,17 +212,54 @@ def test_open_slide_names_a_damaged_corner_tile(tmp_path):
     assert e.value.box == box == (0, 0, 240, 240) and e.value.level == 0
 
 
+@pytest.mark.parametrize("reader", READERS)
+def test_read_around_damage_gives_white_for_each_damaged_tile_and_the_pixels_elsewhere(tmp_path, reader):
+    """For --skip-damaged: two damaged tiles in one region read white, everything else as read_region gives."""
+    once = tmp_path / "once.svs"
+    path = tmp_path / "twice.svs"
+    first = damage_tile(CMU, once, tile=(4, 6), how="zeroed")
+    second = damage_tile(once, path, tile=(5, 7), how="truncated")
+    location, size = (900, 1400), (500, 600)
+    with _open(reader, path) as slide, _open(reader, CMU) as clean:
+        pixels, errors = read_around_damage(slide, location, 0, size)
+        expected = clean.read_region(location, 0, size).copy()
+        for x, y, w, h in (first, second):
+            expected[y - location[1] : y - location[1] + h, x - location[0] : x - location[0] + w] = 255
+        assert np.array_equal(pixels, expected)
+        assert sorted(e.box for e in errors) == [first, second]
+        assert {e.reason for e in errors} == set(LIBJPEG.values())
+        sound = ((0, 0), 0, (300, 200))
+        assert np.array_equal(read_around_damage(slide, *sound)[0], clean.read_region(*sound))
+        assert read_around_damage(slide, *sound)[1] == []
+
+
+def test_read_around_damage_at_a_reduced_level_and_in_thumbnails(tmp_path, synth):
+    path = tmp_path / "bad.tif"
+    box = damage_tile(synth, path, level=2, tile=(0, 0), how="zeroed")  # level 2: 256 x 192, one tile
+    assert box == (0, 0, 1024, 768)
+    with OpenSlideSlide(path) as slide, OpenSlideSlide(synth) as clean:
+        assert slide.decoder == "openslide"  # level 2's only tile is damaged: nothing left to probe it with
+        damaged = damage_tile(synth, tmp_path / "bad1.tif", level=1, tile=(1, 1), how="zeroed")
+        with OpenSlideSlide(tmp_path / "bad1.tif") as one:
+            pixels, errors = read_around_damage(one, (400, 400), 1, (200, 150))
+            assert [(e.level, e.box, e.level_box) for e in errors] == [(1, damaged, (256, 256, 256, 128))]
+            expected = clean.read_region((400, 400), 1, (200, 150)).copy()
+            expected[256 - 200 :, 256 - 200 :] = 255  # level-1 pixels from (256, 256) on
+            assert np.array_equal(pixels, expected)
+        with pytest.raises(DamagedTileError):
+            slide.get_thumbnail((100, 100))
+        met: list = []
+        thumb = slide.get_thumbnail((100, 100), on_damaged=met.append)
+        assert [e.box for e in met] == [box] and thumb.shape == clean.get_thumbnail((100, 100)).shape
+        assert (thumb == 255).all()
+
+
 def test_damaged_tile_error_survives_pickling():
     """Ray and process pools carry the exception across processes: it keeps its fields and message."""
-    error = DamagedTileError("/data/s.svs", 1, (512, 0, 512, 512), "Premature end of JPEG file")
+    error = DamagedTileError("/data/s.svs", 1, (512, 0, 512, 512), "Premature end of JPEG file", (256, 0, 256, 256))
     back = pickle.loads(pickle.dumps(error))
-    assert (back.path, back.level, back.box, back.reason, str(back)) == (
-        error.path,
-        error.level,
-        error.box,
-        error.reason,
-        str(error),
-    )
+    fields = ("path", "level", "box", "reason", "level_box")
+    assert [getattr(back, f) for f in fields] + [str(back)] == [getattr(error, f) for f in fields] + [str(error)]
     assert str(error) == (
         "damaged tile in /data/s.svs: level 1 tile at x=512, y=0 (512 x 512 px, level-0 pixels): "
         "Premature end of JPEG file"

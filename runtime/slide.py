@@ -3,7 +3,10 @@
 `open_slide` tries OpenSlide first (Aperio, Hamamatsu, generic tiled TIFF, ...), then tifffile (OME-TIFF,
 strip TIFFs, pyramids stored as SubIFDs), then Pillow (PNG/JPEG). Every reader returns the same thing:
 RGB uint8 arrays in which transparent and out-of-slide pixels are white, so the pipeline never needs
-to know which library read the pixels. A file that cannot be opened or read raises `SlideError`.
+to know which library read the pixels. A file that cannot be opened or read raises `SlideError`; a region
+that touches a damaged stored tile (corrupt or cut-short data: whatever OpenSlide's decoder refuses, found
+by whichever reader decodes it) raises its subclass `DamagedTileError`, which names the tile's level and
+level-0 box, and the rest of the slide still reads.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-from segcls.core.errors import SlideError
+from segcls.core.errors import DamagedTileError, SlideError
+from segcls.runtime import strict_jpeg
+from segcls.runtime.damage import read_around_damage
 
 # Regions whose level-frame window is larger than this are refused rather than exhausting memory.
 _MAX_REGION_PIXELS = 1 << 30
@@ -131,11 +136,14 @@ class Slide(ABC):
                 best = level
         return best
 
-    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
+    def get_thumbnail(
+        self, max_size: tuple[int, int], on_damaged: Callable[[DamagedTileError], None] | None = None
+    ) -> np.ndarray:
         """RGB uint8 image of the whole slide fitting in `max_size` (w, h), aspect ratio kept.
 
         Reads the best level in windows of bounded size and box-filters each, so a slide without a
-        pyramid does not have to fit in memory.
+        pyramid does not have to fit in memory. A damaged stored tile raises `DamagedTileError`, or, with
+        `on_damaged`, reads white and is passed to it (`read_around_damage`).
         """
         from PIL import Image
 
@@ -155,7 +163,13 @@ class Slide(ABC):
                 x0, y0 = round(ox * rx), round(oy * ry)
                 x1, y1 = min(lw, round((ox + bw) * rx)), min(lh, round((oy + bh) * ry))
                 location = (round(x0 * ds_x), round(y0 * ds_y))
-                block = self.read_region(location, level, (max(1, x1 - x0), max(1, y1 - y0)))
+                size = (max(1, x1 - x0), max(1, y1 - y0))
+                if on_damaged is None:
+                    block = self.read_region(location, level, size)
+                else:
+                    block, damaged = read_around_damage(self, location, level, size)
+                    for error in damaged:
+                        on_damaged(error)
                 if block.shape[:2] != (bh, bw):
                     block = np.asarray(Image.fromarray(block).resize((bw, bh), Image.Resampling.BOX))
                 thumb[oy : oy + bh, ox : ox + bw] = block
@@ -190,6 +204,16 @@ class Slide(ABC):
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = read(x0, y0, x1 - x0, y1 - y0)
         return out
 
+    def _damaged(self, level: int, box: tuple[int, int, int, int], reason: str) -> DamagedTileError:
+        """The error for a damaged stored tile at `box` (x, y, w, h in `level`'s pixels), its box mapped to
+        level 0 so that it covers every level-0 location `read_region` maps into the tile."""
+        x, y, w, h = box
+        ds = self.level_downsamples[level]
+        w0, h0 = self.dimensions
+        x0, y0 = max(0, math.floor(x * ds)), max(0, math.floor(y * ds))
+        x1, y1 = min(w0, math.ceil((x + w) * ds)), min(h0, math.ceil((y + h) * ds))
+        return DamagedTileError(self.path, level, (x0, y0, x1 - x0, y1 - y0), reason, level_box=box)
+
     def __enter__(self) -> Slide:
         return self
 
@@ -201,10 +225,13 @@ class Slide(ABC):
 
 
 class OpenSlideSlide(Slide):
-    """A slide read by OpenSlide; read-time failures (e.g. a truncated file) become `SlideError`.
+    """A slide read by OpenSlide; a read that fails raises `DamagedTileError` with the stored tile that
+    fails (OpenSlide's errors at read time are the data's: a corrupt or truncated tile).
 
     With `direct=True` (the default), regions of a tiled TIFF-based slide (generic TIFF, Aperio) are
-    decoded by tifffile + imagecodecs instead, when they give the very same pixels (`_direct_reader`):
+    decoded by tifffile + imagecodecs instead (JPEG tiles by libjpeg-turbo with its warnings as errors,
+    `strict_jpeg`, so the direct decoder refuses what OpenSlide refuses), when they give the very same
+    pixels (`_direct_reader`):
     OpenSlide decodes to premultiplied ARGB that openslide-python converts back to RGBA, and that costs
     0.17-0.18 s per 1024 px region on 2 cores here against 0.04-0.05 s for the direct decode of the
     same tiles (a synthetic JPEG pyramid and the Aperio test slide, bit-identical). Metadata, levels and
@@ -216,10 +243,14 @@ class OpenSlideSlide(Slide):
 
         super().__init__(path, mpp)
         self._error = openslide.OpenSlideError
+        self._open = lambda: openslide.OpenSlide(str(path))
         try:
-            self._osr = openslide.OpenSlide(str(path))
+            self._osr = self._open()
         except (openslide.OpenSlideError, OSError) as e:
             raise SlideError(f"cannot open slide {path}: {_one_line(e)}") from None
+        self._handle_lock = threading.Lock()
+        self._broken: list = []  # handles a failed read left unusable, closed with the slide
+        self._properties = MappingProxyType(dict(self._osr.properties))  # read once: a failed read breaks the handle
         self.level_dimensions = tuple(self._osr.level_dimensions)
         self._direct = _direct_reader(self) if direct else None
 
@@ -230,11 +261,11 @@ class OpenSlideSlide(Slide):
 
     @property
     def properties(self) -> MappingProxyType:
-        return MappingProxyType(dict(self._osr.properties))
+        return self._properties
 
     def _native_mpp(self) -> float | None:
         try:
-            mpp = float(self._osr.properties["openslide.mpp-x"])
+            mpp = float(self._properties["openslide.mpp-x"])
         except (KeyError, ValueError):
             return None
         return mpp if mpp > 0 else None
@@ -246,18 +277,61 @@ class OpenSlideSlide(Slide):
         return self._openslide_region(location, level, (w, h))
 
     def _openslide_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        w, h = size
+        osr, location = self._osr, (int(location[0]), int(location[1]))
         try:
-            region = self._osr.read_region((int(location[0]), int(location[1])), level, (w, h))
-        except self._error as e:
-            where = f"{w} x {h} at {tuple(location)} level {level}"
-            raise SlideError(f"cannot read {where} from {self.path}: {_one_line(e)}") from None
-        return _composite_white(np.asarray(region))
+            return _composite_white(np.asarray(osr.read_region(location, level, size)))
+        except self._error:
+            pass
+        # OpenSlide's errors are sticky: the handle now fails every read. The other readers get a fresh one
+        # (the broken one stays open until close: another thread may still be inside it).
+        with self._handle_lock:
+            if self._osr is osr:
+                self._osr = self._open()
+                self._broken.append(osr)
+        return self._read_alone(location, level, size)
+
+    def _read_alone(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """The region read on a private handle: its pixels if another region's damage broke the shared
+        handle under this read, else DamagedTileError for the first of its stored tiles that fails alone
+        (the region's box where OpenSlide does not say the level's tile size)."""
+        with contextlib.closing(self._open()) as osr:
+            try:
+                return _composite_white(np.asarray(osr.read_region(location, level, size)))
+            except self._error as e:
+                reason = _one_line(e)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        x0, y0 = min(lw, max(0, math.floor(location[0] / ds))), min(lh, max(0, math.floor(location[1] / ds)))
+        x1, y1 = min(lw, x0 + size[0]), min(lh, y0 + size[1])
+        with contextlib.closing(self._open()) as osr:
+            for tile in self._stored_tiles(level, x0, y0, x1, y1):
+                centre = (round((tile[0] + tile[2] / 2) * ds), round((tile[1] + tile[3] / 2) * ds))
+                try:
+                    osr.read_region(centre, level, (1, 1))  # decodes that one tile
+                except self._error as e:
+                    raise self._damaged(level, tile, _one_line(e)) from None
+        raise self._damaged(level, (x0, y0, x1 - x0, y1 - y0), reason)
+
+    def _stored_tiles(self, level: int, x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int, int, int]]:
+        """(x, y, w, h) of `level`'s stored tiles that meet the window, as OpenSlide reports their size."""
+        try:
+            tw, th = (int(self._properties[f"openslide.level[{level}].tile-{side}"]) for side in ("width", "height"))
+        except (KeyError, ValueError):
+            return []
+        if tw <= 0 or th <= 0:
+            return []
+        lw, lh = self.level_dimensions[level]
+        return [
+            (tx, ty, min(tw, lw - tx), min(th, lh - ty))
+            for ty in range(y0 // th * th, y1, th)
+            for tx in range(x0 // tw * tw, x1, tw)
+        ]
 
     def close(self) -> None:
         if self._direct is not None:
             self._direct.close()
-        self._osr.close()
+        for osr in (*self._broken, self._osr):
+            osr.close()
 
 
 # TIFF compressions whose tiles tifffile + imagecodecs decode (none, LZW, JPEG, deflate, Adobe deflate).
@@ -270,10 +344,10 @@ def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
     """A tifffile reader of `slide`'s levels if it decodes them exactly as OpenSlide does, else None.
 
     Qualify: generic TIFF and Aperio files whose tiled levels tifffile sees at the same sizes, with a
-    compression it decodes, and a probe region at the centre of every level that decodes to the same
+    compression it decodes, and a probe region of every level (`_probe_agrees`) that decodes to the same
     pixels both ways (so a colour-space or JPEG-table quirk falls back to OpenSlide, not to other pixels).
     """
-    if slide._osr.properties.get("openslide.vendor") not in _DIRECT_VENDORS:
+    if slide.properties.get("openslide.vendor") not in _DIRECT_VENDORS:
         return None
     try:
         direct = TiffSlide(slide.path)
@@ -284,13 +358,9 @@ def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
         same = direct.level_dimensions == slide.level_dimensions and all(
             p.is_tiled and int(p.compression) in _DIRECT_COMPRESSIONS for p in pages
         )
-        w0, h0 = slide.dimensions
         for level in range(slide.level_count) if same else ():
-            location, size = (w0 // 2, h0 // 2), (_PROBE, _PROBE)
-            if not np.array_equal(
-                direct.read_region(location, level, size), slide._openslide_region(location, level, size)
-            ):
-                same = False
+            same = _probe_agrees(direct, slide, level)
+            if not same:
                 break
     except SlideError:
         same = False
@@ -300,12 +370,33 @@ def _direct_reader(slide: OpenSlideSlide) -> TiffSlide | None:
     return direct
 
 
+def _probe_agrees(direct: TiffSlide, slide: OpenSlideSlide, level: int) -> bool:
+    """Whether a probe region of `level` reads the same pixels both ways: at the slide's centre, or, where a
+    damaged tile is there, at a quarter or three quarters across or at the origin, wherever the level-0
+    location is a whole multiple of the downsample (elsewhere OpenSlide interpolates between level pixels)."""
+    w0, h0 = slide.dimensions
+    lw, lh = slide.level_dimensions[level]
+    ds = slide.level_downsamples[level]
+    others = [(lw * f // 4 * ds, lh * f // 4 * ds) for f in (1, 3)] + [(0, 0)]
+    aligned = [(int(x), int(y)) for x, y in others if float(x).is_integer() and float(y).is_integer()]
+    for location in [(w0 // 2, h0 // 2), *aligned]:
+        try:
+            return np.array_equal(
+                direct.read_region(location, level, (_PROBE, _PROBE)),
+                slide._openslide_region(location, level, (_PROBE, _PROBE)),
+            )
+        except DamagedTileError:
+            continue
+    return False
+
+
 class TiffSlide(Slide):
     """A TIFF read with tifffile: the first series and its levels (OME SubIFDs, reduced IFDs).
 
     Regions decode only the tiles or strips they touch; a page stored as one strip (or uncompressed
     with huge strips) is decoded whole for each read that touches it. Leading axes other than Y, X and
-    samples (channels stored as pages, Z, T) are not supported beyond their first plane.
+    samples (channels stored as pages, Z, T) are not supported beyond their first plane. A tile whose
+    data is cut short, that its codec refuses or that makes libjpeg warn raises `DamagedTileError`.
     """
 
     def __init__(self, path: str | Path, mpp: float | None = None) -> None:
@@ -337,19 +428,67 @@ class TiffSlide(Slide):
         self.level_dimensions = tuple((p.imagewidth, p.imagelength) for p in self._pages)
         self._lock = threading.Lock()  # the file handle's position
         self._decoded = _DecodedTiles(_DECODED_CACHE_BYTES)
+        self._strict = [strict_jpeg.for_page(page, self._samples(page)) for page in self._pages]
 
-    def _decode(self, page, index: int):
-        """(decoded segment (length, width, samples) or None, sample plane, segment y, segment x), cached."""
-        key = (id(page), index)
+    @property
+    def jpeg_checks(self) -> tuple[str | None, ...]:
+        """Per level, how libjpeg's warnings are heard (`strict_jpeg`): "decode" (the strict decoder gives
+        the pixels, no extra cost), "check" (tifffile decodes, the tile is decoded again at 1/8 scale to be
+        checked) or None (not JPEG, or JPEG of more than 8 bits: not checked)."""
+        return tuple(None if s is None else ("decode" if s.decodes else "check") for s in self._strict)
+
+    def _samples(self, page) -> Iterator[tuple[bytes, np.ndarray]]:
+        """(bytes, tifffile's decoded tile) of a few stored tiles of `page`: first, middle and last."""
+        stored = [i for i, count in enumerate(page.databytecounts) if count]
+        for index in dict.fromkeys(stored[len(stored) * k // 3] for k in range(3) if stored):
+            data = self._read_segment(page, index)
+            try:
+                segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            except Exception:  # a damaged sample: its error surfaces where a region reads it
+                continue
+            yield data, segment[0]
+
+    def _read_segment(self, page, index: int) -> bytes | None:
+        """The stored bytes of one tile or strip (None for a tile that was never written)."""
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if not count:
+            return None
+        with self._lock:
+            self._tif.filehandle.seek(offset)
+            return self._tif.filehandle.read(count)
+
+    def _decode(self, level: int, index: int):
+        """(decoded segment (length, width, samples) or None, sample plane, segment y, segment x), cached.
+
+        A segment that is cut short by the end of the file, that its decoder refuses, or that makes libjpeg
+        warn (`strict_jpeg`) raises DamagedTileError with its position; it is not cached.
+        """
+        key = (level, index)
         hit = self._decoded.get(key)
         if hit is not None:
             return hit
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        with self._lock:
-            self._tif.filehandle.seek(offset)
-            data = self._tif.filehandle.read(count) if count else None
-        segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
-        decoded = (None if segment is None else segment[0], s, sy, sx)
+        page = self._pages[level]
+        data = self._read_segment(page, index)
+        count = page.databytecounts[index]
+        if data is not None and len(data) < count:
+            reason = f"its {count} bytes run past the end of the file ({len(data)} there)"
+            raise self._damaged(level, _segment_box(page, index)[1:], reason)
+        strict = self._strict[level]
+        try:
+            if data is not None and strict is not None and strict.decodes:
+                (s, sx, sy, _, _), segment = _segment_box(page, index), strict.decode(data)
+            else:
+                segment, (s, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
+                segment = None if segment is None else segment[0]
+                if data is not None and strict is not None:
+                    strict.check(data)
+        except NotImplementedError:
+            raise
+        except Exception as e:
+            if not _is_damage(e):
+                raise
+            raise self._damaged(level, _segment_box(page, index)[1:], _one_line(e)) from None
+        decoded = (segment, s, sy, sx)
         self._decoded.put(key, decoded, 0 if segment is None else segment.nbytes)
         return decoded
 
@@ -375,18 +514,18 @@ class TiffSlide(Slide):
         return None
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        page = self._pages[level]
-        return self._padded(location, level, size, lambda x, y, w, h: self._read_page(page, x, y, w, h))
+        return self._padded(location, level, size, lambda x, y, w, h: self._read_page(level, x, y, w, h))
 
-    def _read_page(self, page, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def _read_page(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         import tifffile
 
+        page = self._pages[level]
         samples = page.samplesperpixel
         out = np.zeros((samples, h, w), dtype=page.dtype) if page.planarconfig == 2 else None
         contig = None if out is not None else np.zeros((h, w, samples), dtype=page.dtype)
         try:
             for index in _segments(page, x, y, w, h):
-                segment, s, sy, sx = self._decode(page, index)  # (length, width, contig samples)
+                segment, s, sy, sx = self._decode(level, index)  # (length, width, contig samples)
                 if segment is None:
                     continue
                 ys, xs = max(y, sy), max(x, sx)
@@ -456,6 +595,29 @@ def _segments(page, x: int, y: int, w: int, h: int) -> list[int]:
         cells = list(range(y // rows, (y + h - 1) // rows + 1))
         per_plane = -(-page.imagelength // rows)
     return [p * per_plane + c for p in range(planes) for c in cells]
+
+
+def _segment_box(page, index: int) -> tuple[int, int, int, int, int]:
+    """(sample plane, x, y, width, height) in `page`'s pixels of the tile or strip at `index`, clipped to
+    the page (the inverse of `_segments`)."""
+    if page.is_tiled:
+        tw, tl = page.tilewidth, page.tilelength
+        across, down = -(-page.imagewidth // tw), -(-page.imagelength // tl)
+    else:
+        tw, tl = page.imagewidth, page.rowsperstrip or page.imagelength
+        across, down = 1, -(-page.imagelength // tl)
+    plane, cell = divmod(index, across * down)
+    row, col = divmod(cell, across)
+    x, y = col * tw, row * tl
+    return plane, x, y, min(tw, page.imagewidth - x), min(tl, page.imagelength - y)
+
+
+def _is_damage(e: Exception) -> bool:
+    """Whether a segment decoder's exception means bad data (imagecodecs' codec errors, libjpeg's words
+    from the strict decoder, tifffile's complaint about a segment of the wrong size)."""
+    import tifffile
+
+    return isinstance(e, ValueError | tifffile.TiffFileError) or type(e).__module__.startswith("imagecodecs")
 
 
 def _to_rgb(pixels: np.ndarray, page) -> np.ndarray:
@@ -583,8 +745,9 @@ def _broken(message: str) -> bool:
 
 
 def _with_log(error: SlideError, messages: list[str]) -> SlideError:
-    """`error` with the first thing tifffile logged about the file, so the one Error: line says it."""
-    if not messages:
+    """`error` with the first thing tifffile logged about the file, so the one Error: line says it (a damaged
+    tile's error already says what is wrong, and keeps its type and position)."""
+    if not messages or isinstance(error, DamagedTileError):
         return error
     return SlideError(f"{error} (tifffile: {messages[0][:200]})")
 

@@ -1,4 +1,4 @@
-"""What hearing libjpeg's warnings costs per stored JPEG tile (runtime/strict_jpeg.py).
+"""What hearing libjpeg's warnings costs per stored JPEG tile (runtime/slide/strict_jpeg.py).
 
 Three ways over every stored tile of a slide's level, alternating in rounds: tifffile + imagecodecs'
 decode (the direct decoder before damaged tiles were detected), the strict decode whose pixels are used
@@ -15,7 +15,7 @@ import time
 
 import tifffile
 
-from segcls.runtime.strict_jpeg import StrictJpeg
+from segcls.runtime.slide.strict_jpeg import StrictJpeg
 
 
 def per_tile_us(path: str, level: int = 0, rounds: int = 9) -> dict[str, list[float]]:

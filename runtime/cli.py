@@ -122,6 +122,12 @@ def _extra_option(kind: str, what: str):
     metavar="auto|N",
     help="ONNX Runtime on the CPU: N sessions sharing the cores run tiles side by side; auto: 2 from 2 cores on.",
 )
+@click.option(
+    "--skip-damaged",
+    is_flag=True,
+    help="A stored tile the decoder refuses (corrupt or cut-short data) is read as glass, its region is 255 "
+    "(unlabelled) in the mask and listed in --summary [default: stop the slide with one line naming the tile].",
+)
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
 @click.option(
     "--ray",

@@ -35,6 +35,7 @@ class InferOptions:
     probs: Path | None = None
     summary: Path | None = None
     truth: Path | None = None  # a ground-truth label mask (segcls TIFF, 255 = ignore): F1 goes in the summary
+    skip_damaged: bool = False  # damaged stored tiles read as glass and their regions 255, instead of an error
     workers: int | str = "auto"  # reader threads, or "auto": from the core count and the device (reader_budget)
     sessions: int | str = "auto"  # ONNX Runtime sessions side by side on the CPU, or "auto" (cpu_sessions)
     prefetch: int = 1  # batch buffers beyond the three a streaming backend and one filling batch need

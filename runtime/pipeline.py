@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +41,14 @@ import numpy as np
 from tqdm import tqdm
 
 from segcls.core.atomic import atomic_path, check_writable
-from segcls.core.errors import SlideError
+from segcls.core.errors import DamagedTileError, SlideError
 from segcls.runtime.backends import Backend, backend_for, open_backend
 from segcls.runtime.cores import available_cores, cpu_sessions, reader_budget
 from segcls.runtime.feed import TileFeed
 from segcls.runtime.mask_writer import MaskWriter
 from segcls.runtime.options import InferOptions
 from segcls.runtime.plan import THUMBNAIL_SIZE, TilePlan, plan_tiles
+from segcls.runtime.slide.damage import SkippingDamage
 from segcls.runtime.stitch import make_stitcher
 from segcls.runtime.summary import SlideRun, Timings, result_line, summarize
 
@@ -94,14 +96,18 @@ def infer_slide(
         if isinstance(slide_path, (str, Path)):
             from segcls.runtime.slide import open_slide
 
-            slide = stack.enter_context(open_slide(slide_path, mpp=opts.slide_mpp))
+            slide = stack.enter_context(open_slide(slide_path, mpp=opts.slide_mpp, damaged_ok=opts.skip_damaged))
         if isinstance(model, Backend):
             backend = model
             if backend.description is None:
                 backend.load()
         else:
             backend = stack.enter_context(open_model(model, opts.backend, sessions=opts.sessions))
-        return _run(slide, backend, outputs, opts, mask_writer)
+        try:
+            return _run(slide, backend, outputs, opts, mask_writer)
+        except DamagedTileError as e:
+            hint = f"{e.reason} (--skip-damaged reads it as glass, leaves its region unlabelled and goes on)"
+            raise DamagedTileError(e.path, e.level, e.box, hint, e.level_box) from None
 
 
 def open_model(
@@ -123,6 +129,9 @@ def open_model(
 def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, mask_writer) -> SlideResult:
     """Plan, infer while the mask streams to disk, write the other outputs, summarise."""
     t_start = time.perf_counter()
+    damage = None
+    if opts.skip_damaged:
+        slide = damage = SkippingDamage(slide)
     plan = plan_tiles(slide, backend, opts)
     timings = Timings(tissue=time.perf_counter() - t_start)
     labels = np.full(plan.grid.map_shape, 255, dtype=np.uint8)
@@ -142,9 +151,13 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
         colors, classes = description.colors, description.classes
         mask = mask_writer(outputs["mask"], labels, size, colors, mask_mpp, classes=classes, downsample=label_px)
         stack.enter_context(mask)
-        stitcher = make_stitcher(
-            opts.stitch, plan.grid, labels, probs, plan.keep, description.num_classes, mask.rows_final
-        )
+
+        def rows_final(rows: int) -> None:  # the regions of damaged tiles stay unlabelled in every final row
+            if damage is not None:
+                _unlabel(damage.damaged, plan.label_px, labels, probs, rows)
+            mask.rows_final(rows)
+
+        stitcher = make_stitcher(opts.stitch, plan.grid, labels, probs, plan.keep, description.num_classes, rows_final)
         readers = reader_budget(opts.workers, backend.on_cpu)
         scores = _infer_tiles(slide, plan, backend, stitcher, opts, readers, timings)
         t0 = time.perf_counter()
@@ -158,7 +171,9 @@ def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, 
         mask.finish()
         timings.write = time.perf_counter() - t0
         timings.write_cpu = mask.cpu_seconds
-    run = SlideRun(slide, backend, plan, opts, outputs, labels, scores, timings, time.perf_counter() - t_start, readers)
+    seconds = time.perf_counter() - t_start
+    damaged = damage.damaged if damage is not None else []
+    run = SlideRun(slide, backend, plan, opts, outputs, labels, scores, timings, seconds, readers, damaged)
     summary = summarize(run)
     if opts.truth is not None:
         from segcls.runtime.score import score_masks
@@ -199,6 +214,18 @@ def _infer_tiles(slide, plan: TilePlan, backend: Backend, stitcher, opts, reader
             bar.update(len(tiles))
     timings.read, timings.wait = feed.read_seconds, feed.wait_seconds
     return scores
+
+
+def _unlabel(damaged: list[DamagedTileError], label_px: float, labels, probs, rows: int) -> None:
+    """Label-map rows [0, rows) of every damaged tile's level-0 box set to 255 (and their probabilities to 0)."""
+    for e in damaged:
+        x, y, w, h = e.box
+        x0, y0 = int(x // label_px), int(y // label_px)
+        x1, y1 = math.ceil((x + w) / label_px), min(rows, math.ceil((y + h) / label_px))
+        if y1 > y0:
+            labels[y0:y1, x0:x1] = 255
+            if probs is not None:
+                probs[:, y0:y1, x0:x1] = 0
 
 
 def _write_extras(slide, plan: TilePlan, labels, description, outputs: dict[str, Path], opts, min_area: float):

@@ -39,6 +39,7 @@ class SlideRun:
     timings: Timings
     seconds: float  # the whole run
     readers: int
+    damaged: list = field(default_factory=list)  # DamagedTileError of each damaged stored tile read as glass
 
 
 def summarize(run: SlideRun) -> dict:
@@ -79,6 +80,10 @@ def summarize(run: SlideRun) -> dict:
         "backend": run.backend.name,
         "readers": run.readers,
         "device": run.backend.device,
+        "damaged_tiles": [
+            {"level": e.level, "box": list(e.box), "level_box": list(e.level_box), "reason": e.reason}
+            for e in run.damaged
+        ],  # with --skip-damaged: read as glass, their regions 255 (x, y, width, height in level-0 px)
         "outputs": {k: str(v) for k, v in run.outputs.items()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run.options).items()},
     }
@@ -88,7 +93,9 @@ def result_line(summary: dict, mask: Path) -> str:
     """The one line printed per finished slide."""
     s = summary
     truth = f", macro F1 {s['truth']['macro_f1']:.4f} vs truth" if "truth" in s else ""
+    damaged = len(s["damaged_tiles"])
+    skipped = f", {damaged} damaged tile{'s' * (damaged != 1)} left unlabelled" if damaged else ""
     return (
         f"{Path(s['slide']).name}: {s['tiles']['run']} tiles in {s['timings_s']['total']:.1f} s "
-        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']} on {s['device']}{truth}) -> {mask}"
+        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']} on {s['device']}{truth}{skipped}) -> {mask}"
     )

@@ -16,8 +16,8 @@ import tifffile
 from _damaged import HOWS, damage_tile
 
 from segcls.core.errors import DamagedTileError, SlideError
-from segcls.runtime.damage import read_around_damage
 from segcls.runtime.slide import OpenSlideSlide, TiffSlide, open_slide
+from segcls.runtime.slide.damage import read_around_damage
 from segcls.synth.slide import make_slide
 
 CMU = Path(__file__).parent / "data" / "cmu-1-small-region.svs"

@@ -8,6 +8,7 @@ exactly their boxes unlabelled instead of losing the whole region.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -60,3 +61,34 @@ def _around(window: tuple[int, int, int, int], hole: tuple[int, int, int, int]) 
         (hx1, hy0, x + w - hx1, hy1 - hy0),
     ]
     return [p for p in parts if p[2] > 0 and p[3] > 0]
+
+
+class SkippingDamage:
+    """`slide` with its damaged stored tiles read as white glass (`--skip-damaged`): every other attribute is
+    the slide's; each damaged tile met, by a region or the thumbnail, is kept once in `damaged`."""
+
+    def __init__(self, slide) -> None:
+        self.slide = slide
+        self._met: dict[tuple, DamagedTileError] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self.slide, name)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        pixels, errors = read_around_damage(self.slide, location, level, size)
+        self._record(errors)
+        return pixels
+
+    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
+        return self.slide.get_thumbnail(max_size, on_damaged=lambda error: self._record([error]))
+
+    @property
+    def damaged(self) -> list[DamagedTileError]:
+        with self._lock:
+            return list(self._met.values())
+
+    def _record(self, errors: list[DamagedTileError]) -> None:
+        with self._lock:
+            for e in errors:
+                self._met.setdefault((e.level, e.level_box), e)

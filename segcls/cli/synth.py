@@ -17,11 +17,11 @@ def main() -> None:
 
 @command("dataset")
 @output_option("Dataset folder to write (dataset.json, images/, masks/, labeled/CLASS/).", required=True)
-@click.option("--images", type=click.IntRange(min=1), default=48, help="Masked images.")
+@click.option("--images", default=48, help="Masked images.")
 @click.option("--size", default=512, help="Side of the masked images, px: a multiple of 16.")
 @click.option("--mpp", default=2.0, help="Resolution, um/px.")
 @click.option("--seed", default=0, help="Seeds the layout and stain of every image.")
-@click.option("--labeled", type=click.IntRange(min=0), default=16, help="Image-level-labelled images per class.")
+@click.option("--labeled", default=16, help="Image-level-labelled images per class.")
 @click.option("--labeled-size", default=256, help="Side of the labelled images, px: a multiple of 16.")
 @click.option(
     "--holdout",
@@ -62,8 +62,8 @@ def dataset(
 
 @command("slide")
 @output_option("Slide file to write (a pyramidal JPEG BigTIFF, .tif).", required=True, dir_okay=False)
-@click.option("--width", required=True, type=click.IntRange(min=1), help="Level-0 width, px.")
-@click.option("--height", required=True, type=click.IntRange(min=1), help="Level-0 height, px.")
+@click.option("--width", required=True, type=int, help="Level-0 width, px.")
+@click.option("--height", required=True, type=int, help="Level-0 height, px.")
 @click.option("--mpp", default=0.5, help="Level-0 resolution, um/px.")
 @click.option("--seed", default=0, help="Seeds the layout and stain.")
 @click.option(

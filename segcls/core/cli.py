@@ -132,9 +132,20 @@ def overwrite_option(what: str = "a finished output", *, help: str | None = None
     return click.option("--overwrite", is_flag=True, help=help or f"Replace {what} that exists [default: refuse].")
 
 
+class _InputPath(click.Path):
+    """click.Path whose refusal is one `Error:` line naming the option (not a usage message)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            name = (param.opts[0] if isinstance(param, click.Option) else param.human_readable_name) if param else ""
+            raise UserError(f"{name}: {e.message}" if name else e.message) from None
+
+
 def input_path(*, file_okay: bool = True, dir_okay: bool = True) -> click.Path:
     """The click type of an input: it must exist and be readable (checked while parsing, before any work)."""
-    return click.Path(exists=True, readable=True, file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+    return _InputPath(exists=True, readable=True, file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
 
 
 def check_input(path: str | Path, what: str) -> Path:

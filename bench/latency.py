@@ -1,6 +1,6 @@
 """`segcls-bench latency`: per-call latency and throughput of backends and precisions, side by side.
 
-    segcls-bench latency model.onnx model.int8.onnx --batch 1,4 --tile 1024 --json out.json
+    segcls-bench latency model.onnx model.int8.onnx --batch 1,4 --tile 1024 -o out.json
 
 Every MODEL is loaded into one process (its backend from the file type: .onnx ONNX Runtime, .pt torch
 eager, .engine TensorRT; precision from the model's metadata). For each (tile, batch) all models are

@@ -5,7 +5,7 @@ its edges see) and then through `infer_slide` (crop stitching) with each tile si
 agreement is the fraction of stride-8 label-map pixels on which the two agree; the network work is the
 input pixels the tiles feed the network per frame pixel. docs/overlap.md has the table and the choice.
 
-    segcls-bench overlap SLIDE --model MODEL [--mpp 1.0] [--size 2048] [--json F]
+    segcls-bench overlap SLIDE --model MODEL [--mpp 1.0] [--size 2048] [-o F]
 """
 
 from __future__ import annotations

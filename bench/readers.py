@@ -4,7 +4,7 @@
 tiles per second N reader threads decode from a slide, on this machine's cores, with the same reading
 code, batch buffers and tile order as `segcls-infer`.
 
-    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [--json F]
+    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [-o F]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Trimming (`runtime.pipeline.trim_tiles`) pays off on a backend only if a smaller
 proportional to its area; this measures it. Shapes alternate within each round, so a ratio to the whole
 tile is taken under the same load; the median over rounds is reported, with the range.
 
-    segcls-bench shapes model.onnx [--shapes 1024x1024,1024x256,256x256] [--rounds 3] [--json F]
+    segcls-bench shapes model.onnx [--shapes 1024x1024,1024x256,256x256] [--rounds 3] [-o F]
 """
 
 from __future__ import annotations

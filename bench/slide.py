@@ -6,7 +6,7 @@ the mask written (the process wall, also recorded, adds imports and, for segcls,
 read-only passes). Rounds alternate the methods, and every ratio is taken within a round, then the median and
 range over rounds are reported: on a shared machine the load moves between rounds, not within one pair.
 
-    segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [--json F]
+    segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [-o F]
 
 JSON keys: `e2e_over_backend` (pipeline Mpx/s of network input over the backend alone on a sample of the
 same tiles in memory; trimmed tiles differ in size, so pixels, not tiles, are the unit),

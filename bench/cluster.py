@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from segcls.bench.report import check_results, results_options, write_results
-from segcls.core.cli import command, input_path
+from segcls.core.cli import command, input_path, require_extra
 
 
 def ray_workers(slides: list[Path], model: Path, workers: tuple[int, ...] = (1, 2), rounds: int = 3, **options):
@@ -95,7 +95,7 @@ def markdown(doc: dict) -> str:
 
 @command("cluster")
 @click.argument("slides", nargs=-1, required=True, type=input_path())
-@click.option("--model", required=True, type=input_path(), help="Model for the cohort.")
+@click.option("--model", required=True, type=input_path(dir_okay=False), help="Model for the cohort.")
 @click.option("--dataset", required=True, type=input_path(file_okay=False), help="Training dataset folder.")
 @click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds; the configurations alternate in each.")
 @click.option("--slide-mpp", type=float, default=2.0, help="Level-0 um/px of slides without one.")
@@ -114,6 +114,8 @@ def cluster_command(
     import sys
 
     check_results(output, overwrite)
+    require_extra("cluster", "ray")
+    require_extra("train", "torch")
     opts = dict(tile=256, overlap=32, batch=2, slide_mpp=slide_mpp)
     results = {"ray": ray_workers(list(slides), model, rounds=rounds, **opts)}
     results["ddp"] = ddp_processes(dataset, rounds=rounds, args=tuple(shlex.split(train_args)))

@@ -202,7 +202,8 @@ def test_a_finished_output_is_never_replaced_without_overwrite(name, tmp_path):
     before = tree(tmp_path)
     args = command_line(tmp_path, case.args)
     if case.existing == "continue":  # a sweep folder is continued: test_sweep_keeps_its_finished_runs
-        assert "continue" in (COMMANDS[name].help or "") + (COMMANDS[name].params[1].help or "")
+        output_help = next(p.help for p in COMMANDS[name].params if p.name == "output")
+        assert "continued" in output_help
         return
     result = invoke(name, args)
     if case.existing == "skip":  # a slide whose outputs exist is skipped, and the line says how to redo it

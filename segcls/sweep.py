@@ -81,13 +81,9 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
         raise SegclsError(f"seeds must be >= 1, got {config.seeds}")
     if config.jobs < 1:
         raise SegclsError(f"jobs must be >= 1, got {config.jobs}")
-    from segcls.data.folder import open_dataset
-
     out = Path(config.out_dir)
     base = TrainConfig(dataset=config.dataset, out_dir="", **config.train_options)
-    base.validate()  # bad options fail here, not in a worker
-    if config.train:
-        open_dataset(config.dataset, split_seed=base.split_seed)  # a bad dataset fails before any folder is made
+    base.validate()  # bad options fail here, not in a worker, and before any folder is made
     out.mkdir(parents=True, exist_ok=True)
     todo: dict[Path, TrainConfig] = {}
     for fraction, seed, setting in _run_order(config):

@@ -168,7 +168,7 @@ def _extra_option(kind: str, what: str):
     type=click.FloatRange(min=0),
     default=0.0,
     metavar="UM2",
-    help="GeoJSON: leave out regions smaller than this many um^2 [default: keep all].",
+    help="GeoJSON: leave out regions smaller than this many um^2 (0 keeps all).",
 )
 @_extra_option("probs", "class probabilities at stride 8, float16 (C, H/8, W/8) .npy")
 @_extra_option("summary", "a JSON summary (areas, slide class, timings)")

@@ -16,7 +16,9 @@ def main() -> None:
 
 
 @command("dataset")
-@output_option("Dataset folder to write (dataset.json, images/, masks/, labeled/CLASS/).", required=True)
+@output_option(
+    "Dataset folder to write (dataset.json, images/, masks/, labeled/CLASS/).", required=True, file_okay=False
+)
 @click.option("--images", default=48, help="Masked images.")
 @click.option("--size", default=512, help="Side of the masked images, px: a multiple of 16.")
 @click.option("--mpp", default=2.0, help="Resolution, um/px.")

@@ -4,7 +4,7 @@
 tiles per second N reader threads decode from a slide, on this machine's cores, with the same reading
 code, batch buffers and tile order as `segcls-infer`.
 
-    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [--json F]
+    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [-o F]
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
-from segcls.core.cli import handle_errors
+from segcls.bench.bench_infer import environment, int_list, machine_line
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command, input_path
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 
 
@@ -117,28 +119,27 @@ def markdown(results: list[dict], env: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("readers")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--workers", default="1,2,4", show_default=True, callback=int_list, help="Reader thread counts.")
+@command("readers")
+@click.argument("slides", nargs=-1, required=True, type=input_path(dir_okay=False))
+@click.option("--workers", default="1,2,4", callback=int_list, help="Reader thread counts, comma-separated.")
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the slide's level 0].")
-@click.option("--tile", default=1024, show_default=True)
-@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True)
-@click.option("--rounds", default=3, show_default=True)
-@click.option("--max-tiles", default=64, show_default=True, help="Tiles read per measurement.")
+@click.option("--tile", default=1024, help="Tile side at the read resolution, px: a multiple of 16.")
+@click.option("--overlap", default=DEFAULT_OVERLAP, help="Context on each side of a tile, px: a multiple of 16.")
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds, the configurations alternating in each.")
+@click.option("--max-tiles", default=64, type=click.IntRange(1), help="Tiles read per measurement.")
 @click.option(
     "--decoders",
     default="segcls",
-    show_default=True,
     help="segcls (what open_slide picks) and/or openslide (OpenSlide's own decoder), comma-separated.",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
-@handle_errors
-def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, decoders, json_path) -> None:
+@results_options("readers")
+def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, decoders, output, overwrite, quiet) -> None:
     """Read-only tiles/s of the pipeline's readers vs the number of reader threads."""
+    check_results(output, overwrite)
     chosen = tuple(decoders.split(","))
+    slides = tqdm(slides, desc="slides", unit="slide", disable=quiet)
     results = [reader_scaling(s, list(workers), mpp, tile, overlap, rounds, max_tiles, chosen) for s in slides]
     env = environment()
     text = markdown(results, env)
     click.echo(text)
-    if json_path:
-        write_results(json_path, {"environment": env, "command": command_line(), "results": results}, text)
+    write_results(output, {"environment": env, "command": command_line(), "results": results}, text)

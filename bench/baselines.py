@@ -164,7 +164,7 @@ def segcls_run(
     plan, grid, run_tiles = tiles
     sample = run_tiles[:: max(1, len(run_tiles) // backend_tiles)][:backend_tiles]  # spread over the slide
     only = backend_only(backend, _read_batches(slide_path, (plan, grid, sample), opts))
-    reads = read_only(slide_path, tiles, opts, backend.device)
+    reads = read_only(slide_path, tiles, opts, backend.on_cpu)
     backend.close()
     run = summary["tiles"]["run"]
     return {
@@ -182,16 +182,16 @@ def segcls_run(
 
 def _tiles_run(slide_path, backend, opts) -> tuple:
     """(plan, grid, the tiles the pipeline runs), by the pipeline's own choices."""
-    from segcls.runtime.pipeline import plan_tiles
+    from segcls.runtime.plan import plan_tiles
     from segcls.runtime.slide import open_slide
 
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        plan, grid, _, tiles, _ = plan_tiles(slide, backend, opts)
-    return plan, grid, tiles
+        plan = plan_tiles(slide, backend, opts)
+    return plan.read, plan.grid, plan.tiles
 
 
 def _read_batches(slide_path, planned, opts) -> list[np.ndarray]:
-    from segcls.runtime.pipeline import read_batches
+    from segcls.runtime.feed import read_batches
     from segcls.runtime.slide import open_slide
 
     plan, _, tiles = planned
@@ -199,15 +199,15 @@ def _read_batches(slide_path, planned, opts) -> list[np.ndarray]:
         return read_batches(slide, plan, tiles, opts.batch)
 
 
-def read_only(slide_path, planned, opts, device: str = "cpu") -> dict:
+def read_only(slide_path, planned, opts, on_cpu: bool = True) -> dict:
     """The pipeline's readers with nothing to feed: tiles/s of reading alone, same threads."""
     from segcls.bench.readers import read_throughput
-    from segcls.runtime.pipeline import reader_budget
+    from segcls.runtime.cores import reader_budget
     from segcls.runtime.slide import open_slide
 
     plan, grid, tiles = planned
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        return read_throughput(slide, plan, tiles, grid, reader_budget(opts.workers, device), opts.batch)
+        return read_throughput(slide, plan, tiles, grid, reader_budget(opts.workers, on_cpu), opts.batch)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ rm -f "$DEST"/segcls-*.whl
 "$PYTHON" -m pip download --quiet --dest "$DEST" --no-deps --only-binary=:all: --implementation cp \
     --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-    openslide-bin openslide-python imagecodecs tifffile click tqdm \
+    openslide-bin openslide-python imagecodecs simplejpeg tifffile click tqdm \
     pytest pluggy iniconfig pygments packaging pytest-timeout \
     onnx onnxscript onnx-ir ml_dtypes protobuf typing_extensions
 "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$DEST" .  # segcls itself, this tree

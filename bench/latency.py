@@ -1,6 +1,6 @@
 """`segcls-bench latency`: per-call latency and throughput of backends and precisions, side by side.
 
-    segcls-bench latency model.onnx model.int8.onnx --batch 1,4 --tile 1024 --json out.json
+    segcls-bench latency model.onnx model.int8.onnx --batch 1,4 --tile 1024 -o out.json
 
 Every MODEL is loaded into one process (its backend from the file type: .onnx ONNX Runtime, .pt torch
 eager, .engine TensorRT; precision from the model's metadata). For each (tile, batch) all models are
@@ -27,7 +27,8 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import cpu_line, int_list
-from segcls.core.cli import handle_errors
+from segcls.bench.report import check_results, results_options, write_results
+from segcls.core.cli import command, input_path
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,13 @@ def measure_latency(
     from tqdm import tqdm
 
     from segcls.bench.bench_infer import machine, versions
+    from segcls.core.constants import check_multiple
     from segcls.core.errors import SegclsError
 
     if not models:
         raise SegclsError("give at least one MODEL")
     for tile in options.tiles:
-        if tile < 16 or tile % 16:
-            raise SegclsError(f"tile sizes must be positive multiples of 16, got {tile}")
+        check_multiple("tile size", tile)
     if min(options.batches) < 1 or min(options.rounds, options.runs, options.threads, options.sessions) < 1:
         raise SegclsError("batch sizes, rounds, runs, threads and sessions must be >= 1")
     models = [Path(m) for m in models]
@@ -186,39 +187,34 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command("latency", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--backend", default="auto", show_default=True, help="auto (from each file type) or one backend.")
-@click.option("--batch", "batches", default="1,4,8", show_default=True, callback=int_list, help="Batch sizes.")
-@click.option("--tile", "tiles", default="512,1024", show_default=True, callback=int_list, help="Tile sides, px.")
-@click.option("--threads", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1))
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls.")
-@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1), help="Alternating rounds.")
-@click.option("--runs", default=2, show_default=True, type=click.IntRange(min=1), help="Timed calls per round.")
+@command("latency")
+@click.argument("models", nargs=-1, required=True, type=input_path(dir_okay=False))
+@click.option("--backend", default="auto", help="auto (from each file type) or one backend.")
+@click.option("--batch", "batches", default="1,4,8", callback=int_list, help="Batch sizes, tiles, comma-separated.")
+@click.option("--tile", "tiles", default="512,1024", callback=int_list, help="Tile sides, px, comma-separated.")
+@click.option(
+    "--threads",
+    default=os.cpu_count() or 1,
+    type=click.IntRange(min=1),
+    help="Threads of each backend (all cores by default).",
+)
+@click.option("--warmup", default=2, type=click.IntRange(min=0), help="Untimed calls per model and config.")
+@click.option("--rounds", default=5, type=click.IntRange(min=1), help="Rounds, the models alternating in each.")
+@click.option("--runs", default=2, type=click.IntRange(min=1), help="Timed calls per model and round.")
 @click.option(
     "--sessions",
     default=1,
-    show_default=True,
     type=click.IntRange(min=1),
     help="ONNX Runtime CPU sessions sharing --threads, a batch's tiles split over them (segcls-infer runs 2).",
 )
-@click.option("--memory/--no-memory", default=True, show_default=True, help="Peak RSS, one process per config.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON (+ .md).")
-@handle_errors
-def latency(models, backend, batches, tiles, threads, sessions, warmup, rounds, runs, memory, json_path) -> None:
+@click.option("--memory/--no-memory", default=True, help="Peak RSS, one process per config.")
+@results_options("latency")
+def latency(models, backend, batches, tiles, threads, sessions, warmup, rounds, runs, memory, output, overwrite, quiet):
     """Latency (p50/p90/p99), tiles/s, Mpix/s and peak RSS of MODELS (.onnx, .pt, .engine), alternating."""
-    import json
-
-    from segcls.core.atomic import atomic_path, check_writable
-
-    if json_path:
-        check_writable(json_path)
+    check_results(output, overwrite)
     options = LatencyOptions(backend, batches, tiles, threads, warmup, rounds, runs, memory, sessions)
-    report = measure_latency(list(models), options)
+    report = measure_latency(list(models), options, progress=not quiet)
     table = markdown(report)
     click.echo(table)
-    if json_path:
-        for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (json_path.with_suffix(".md"), table)):
-            with atomic_path(path) as tmp:
-                tmp.write_text(text)
-        click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    write_results(output, report, table, command=False)  # the table names the command already
+    click.echo(f"wrote {output} and {output.with_suffix('.md')}")

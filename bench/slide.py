@@ -6,7 +6,7 @@ the mask written (the process wall, also recorded, adds imports and, for segcls,
 read-only passes). Rounds alternate the methods, and every ratio is taken within a round, then the median and
 range over rounds are reported: on a shared machine the load moves between rounds, not within one pair.
 
-    segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [--json F]
+    segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [-o F]
 
 JSON keys: `e2e_over_backend` (pipeline Mpx/s of network input over the backend alone on a sample of the
 same tiles in memory; trimmed tiles differ in size, so pixels, not tiles, are the unit),
@@ -27,9 +27,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
-from segcls.core.cli import handle_errors
+from segcls.bench.bench_infer import environment, machine_line
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command, input_path
 from segcls.core.errors import SegclsError
 
 METHODS = ("segcls", "plain", "window", "before")
@@ -79,6 +81,7 @@ def bench_slide(
     keep_masks: Path | None = None,
     baseline_model: str | Path | None = None,
     before: dict | None = None,
+    progress: bool = False,
 ) -> dict:
     """Alternate `methods` over `rounds`; per-round ratios, medians and ranges. See the module docstring.
 
@@ -91,7 +94,8 @@ def bench_slide(
     if "window" in methods and importlib.util.find_spec("monai") is None:
         methods = tuple(m for m in methods if m != "window")  # the optional `bench` extra is not installed
     runs: dict[str, list[dict]] = {m: [] for m in methods}
-    with tempfile.TemporaryDirectory() as tmp:
+    bar = tqdm(total=rounds * len(methods), desc="runs", unit="run", disable=not progress)
+    with tempfile.TemporaryDirectory() as tmp, bar:
         folder = Path(keep_masks or tmp)
         for r in range(rounds):
             order = methods if r % 2 == 0 else methods[::-1]  # no method always runs first or last
@@ -99,6 +103,7 @@ def bench_slide(
                 used = model if method in ("segcls", "before") else baseline
                 out = folder / f"{method}.tif"
                 runs[method].append(run_method(method, slide, used, out, mpp, options or {}, before))
+                bar.update()
     result = summarize(slide, model, runs, rounds, options or {})
     if "before" in runs:
         result["before"] = before
@@ -236,21 +241,26 @@ def _options_text(options: dict | None) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in (options or {}).items())
 
 
-@click.command("slide")
-@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@command("slide")
+@click.argument("slide", type=input_path(dir_okay=False))
+@click.option("--model", required=True, type=input_path(dir_okay=False), help="The model segcls runs.")
+@click.option("--baseline-model", type=input_path(dir_okay=False),
               help="The model the baselines run [default: --model].")  # fmt: skip
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds, the methods alternating in each.")
 @click.option(
     "--methods",
     default=",".join(DEFAULT_METHODS),
-    show_default=True,
     help="Comma-separated subset of segcls,plain,window,before (segcls is always run; before: segcls with "
     "the --before options, the before of a before/after).",
 )
-@click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="An InferOptions field for segcls.")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="An InferOptions field for segcls; repeatable [default: segcls-infer's defaults].",
+)
 @click.option(
     "--before",
     "before",
@@ -258,17 +268,18 @@ def _options_text(options: dict | None) -> str:
     metavar="KEY=JSON",
     help="An InferOptions field for the 'before' method, over --option [default: trim=false].",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
-@handle_errors
-def slide_command(slide, model, baseline_model, mpp, rounds, methods, options, before, json_path) -> None:
+@results_options("slide")
+def slide_command(
+    slide, model, baseline_model, mpp, rounds, methods, options, before, output, overwrite, quiet
+) -> None:
     """segcls-infer vs the plain loop and the whole-frame sliding window on SLIDE: wall, tiles, peak RSS."""
+    check_results(output, overwrite)
     chosen = tuple(m for m in METHODS if m == "segcls" or m in methods.split(","))
     result = bench_slide(
         slide, model, mpp, rounds, chosen, _key_values(options), baseline_model=baseline_model,
-        before=_key_values(before) or None,
+        before=_key_values(before) or None, progress=not quiet,
     )  # fmt: skip
     env = environment()
     text = markdown(result, env)
     click.echo(text)
-    if json_path:
-        write_results(json_path, {"environment": env, "command": command_line(), **result}, text)
+    write_results(output, {"environment": env, "command": command_line(), **result}, text)

@@ -1,6 +1,6 @@
 """How fast `segcls-view` serves tiles: latency percentiles and tiles/s under a few concurrent clients.
 
-    segcls-bench view                                   # the Aperio test slide + a 16k px synthetic slide
+    segcls-bench view -o bench/results/cpu-2core-view.json   # the Aperio test slide + a 16k px synthetic slide
     segcls-bench view --synthetic-size 4096 --requests 40 --clients 1,2 -o /tmp/view.json   # a quick check
 
 For each slide, layer (slide JPEG tiles, mask PNG tiles) and client count, a fresh `segcls-view` process (the
@@ -34,12 +34,12 @@ from urllib.parse import urlsplit
 import click
 import numpy as np
 
-from segcls.bench.bench_infer import command_line, cpu_line, environment, int_list, write_results
-from segcls.core.cli import handle_errors
+from segcls.bench.bench_infer import cpu_line, environment, int_list
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command
 from segcls.core.errors import SegclsError
 
 CMU = Path(__file__).resolve().parents[1] / "tests" / "data" / "cmu-1-small-region.svs"
-RESULTS = Path(__file__).parent / "results"
 LAYERS = ("slide", "mask")
 TILE = 254
 
@@ -61,12 +61,12 @@ def cmu_with_mask(work: Path) -> tuple[Path, Path]:
     return CMU, mask
 
 
-def synthetic_with_mask(work: Path, size: int) -> tuple[Path, Path]:
+def synthetic_with_mask(work: Path, size: int, progress: bool = True) -> tuple[Path, Path]:
     from segcls.synth.slide import make_slide
 
     slide, mask = work / f"synthetic-{size}.tif", work / f"synthetic-{size}.mask.tif"
     if not (slide.is_file() and mask.is_file()):
-        make_slide(slide, size, size, mpp=0.5, seed=1, mask_path=mask, progress=True)
+        make_slide(slide, size, size, mpp=0.5, seed=1, mask_path=mask, progress=progress)
     return slide, mask
 
 
@@ -213,41 +213,32 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("view")
-@click.option("--synthetic-size", default=16384, show_default=True, type=click.IntRange(1024),
-              help="side of the synthetic slide, px (written once into --work)")  # fmt: skip
-@click.option("--no-cmu", is_flag=True, help="leave out the Aperio test slide")
-@click.option(
-    "--clients", default="1,4", show_default=True, callback=int_list, help="concurrent clients, comma-separated"
-)
-@click.option("--requests", default=200, show_default=True, type=click.IntRange(1), help="distinct tiles per run")
-@click.option("--threads", type=click.IntRange(1), help="server request threads [default: segcls-view's]")
+@command("view")
+@click.option("--synthetic-size", default=16384, type=click.IntRange(1024),
+              help="Side of the synthetic slide, px (written once into --work).")  # fmt: skip
+@click.option("--no-cmu", is_flag=True, help="Leave out the Aperio test slide.")
+@click.option("--clients", default="1,4", callback=int_list, help="Concurrent clients, comma-separated.")
+@click.option("--requests", default=200, type=click.IntRange(1), help="Distinct tiles per run.")
+@click.option("--threads", type=click.IntRange(1), help="Server request threads [default: segcls-view's].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-view-work"),
-              show_default=True, help="folder for the synthetic slide and the masks (reused)")  # fmt: skip
-@click.option(
-    "-o",
-    "--output",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=RESULTS / "cpu-2core-view.json",
-    show_default=True,
-    help="results JSON (markdown beside it)",
-)
-@handle_errors
+              help="Folder for the synthetic slide and the masks, kept and reused.")  # fmt: skip
+@results_options("view")
 def view_command(
     synthetic_size: int, no_cmu: bool, clients: tuple[int, ...], requests: int, threads: int | None, work: Path,
-    json_path: Path,
+    output: Path, overwrite: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """segcls-view's tile latency (p50/p90/p99) and tiles/s, cold and warm cache, 1..N concurrent clients."""
     if not clients or min(clients) < 1:
         raise click.BadParameter("clients must be >= 1", param_hint="--clients")
+    check_results(output, overwrite)
     work.mkdir(parents=True, exist_ok=True)
     slides = {} if no_cmu else {"cmu-1-small-region.svs": cmu_with_mask(work)}
-    slides[f"synthetic-{synthetic_size}"] = synthetic_with_mask(work, synthetic_size)
-    rows = bench_view(slides, clients, requests, threads, log=lambda line: click.echo(line, err=True))
+    slides[f"synthetic-{synthetic_size}"] = synthetic_with_mask(work, synthetic_size, progress=not quiet)
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    rows = bench_view(slides, clients, requests, threads, log=say)
     data = {"command": command_line(), "environment": environment(), "threads": threads, "requests": requests,
             "results": rows}  # fmt: skip
     text = markdown(data)
-    write_results(json_path, data, text)
+    write_results(output, data, text)
     click.echo(text)
-    click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    click.echo(f"wrote {output} and {output.with_suffix('.md')}")

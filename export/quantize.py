@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segcls.core.atomic import atomic_path
+from segcls.core.constants import check_multiple
 from segcls.core.errors import DatasetError, SegclsError
 from segcls.core.model_info import INPUT_NAME, KEY_OPSET, KEY_PRECISION, read_model_info
 from segcls.export.onnx_export import ExportResult, check_output_path, export_onnx
@@ -71,8 +72,7 @@ class Int8Options:
             raise SegclsError(f"calibration method must be one of {methods}, got {self.method!r}")
         if self.tiles < 1 or self.verify_tiles < 1:
             raise SegclsError(f"calibration and verification need >= 1 tile, got {self.tiles} and {self.verify_tiles}")
-        if self.tile_size < 16 or self.tile_size % 16:
-            raise SegclsError(f"calibration tile size must be a positive multiple of 16, got {self.tile_size}")
+        check_multiple("calibration tile size", self.tile_size)
 
 
 def sample_tiles(ds, names: list[str], count: int, size: int, seed: int) -> np.ndarray:
@@ -195,6 +195,7 @@ def export_int8(
     opset: int | None = None,
     verify_size: int = 256,
     log: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
 ) -> ExportResult:
     """Checkpoint -> verified FP32 ONNX (in a temporary folder) -> `int8_from_onnx` into `output`."""
     from segcls.checkpoint import load_checkpoint
@@ -205,8 +206,10 @@ def export_int8(
     split_seed = int(load_checkpoint(checkpoint).get("config", {}).get("split_seed", 0))
     ds = open_dataset(dataset, split_seed=split_seed)  # the split the model was trained on
     with tempfile.TemporaryDirectory(prefix="segcls-export-") as tmp:
-        fp32 = export_onnx(checkpoint, Path(tmp) / "fp32.onnx", opset=opset, verify_size=verify_size, log=log)
-        result = int8_from_onnx(fp32.path, output, ds, options, log=log)
+        fp32 = export_onnx(
+            checkpoint, Path(tmp) / "fp32.onnx", opset=opset, verify_size=verify_size, log=log, progress=progress
+        )
+        result = int8_from_onnx(fp32.path, output, ds, options, log=log, progress=progress)
     return replace(result, export_seconds=fp32.export_seconds + result.export_seconds)
 
 
@@ -217,6 +220,7 @@ def int8_from_onnx(
     options: Int8Options = Int8Options(),
     *,
     log: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
 ) -> ExportResult:
     """Quantize a segcls FP32 ONNX model calibrated on `ds`, verify it, and only then write `output`."""
     from segcls.data.folder import load_pair
@@ -246,7 +250,7 @@ def int8_from_onnx(
         attempts = fp32_attempts(options)
         for i, attempt in enumerate(attempts):
             start = time.perf_counter()
-            quantize_onnx(Path(fp32_path), int8, calibration, attempt)
+            quantize_onnx(Path(fp32_path), int8, calibration, attempt, progress)
             export_seconds += time.perf_counter() - start
             kept = ", ".join(attempt.fp32_modules) or "none"
             log(f"quantized to INT8 ({options.method}, {options.tiles} train tiles of {options.tile_size} px, "

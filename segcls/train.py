@@ -34,9 +34,9 @@ from tqdm import tqdm
 from segcls import distributed
 from segcls.checkpoint import load_checkpoint, save_checkpoint
 from segcls.core.atomic import atomic_path
+from segcls.core.constants import UNLABELLED, check_multiple
 from segcls.core.description import ModelDescription
 from segcls.core.errors import CheckpointError, SegclsError
-from segcls.core.metrics import IGNORE_INDEX
 from segcls.data.augment import augment_batch
 from segcls.data.cache import TileSet, build_tileset
 from segcls.data.folder import open_dataset
@@ -58,6 +58,9 @@ LOG_FIELDS = (
     "tiles_per_s",
     "seconds",
 )
+# What a run folder holds: a folder with any of them holds a run, which is continued or replaced, never
+# trained over (check_run_folder).
+RUN_FILES = ("best.pt", "last.pt", "log.csv", "metrics.json")
 
 
 @dataclass
@@ -91,8 +94,7 @@ class TrainConfig:
             raise SegclsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0.0 <= self.seg_fraction <= 1.0:
             raise SegclsError(f"seg fraction must be in [0, 1], got {self.seg_fraction}")
-        if self.tile % 16 or self.tile < 32:
-            raise SegclsError(f"tile must be a multiple of 16 and >= 32, got {self.tile}")
+        check_multiple("tile", self.tile, minimum=32)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise SegclsError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
@@ -137,11 +139,28 @@ class _Cycler:
         return np.concatenate(out)
 
 
-class Trainer:
-    """Holds the model, data and optimiser of one run; `run()` trains to `config.epochs`."""
+def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a run is continued (`resume`) or replaced (`overwrite`), never trained over: a
+    finished run's best.pt is never lost without a word."""
+    if resume and overwrite:
+        raise SegclsError("--resume continues a run and --overwrite replaces it: choose one")
+    found = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    if found and not (resume or overwrite):
+        raise SegclsError(f"{out_dir} holds a run ({', '.join(found)}): --resume continues it, --overwrite replaces it")
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+
+class Trainer:
+    """Holds the model, data and optimiser of one run; `run()` trains to `config.epochs`.
+
+    `resume`: continue from out_dir/last.pt; `overwrite`: replace the run out_dir holds (its files are
+    removed once the dataset has been read, just before training). Without either, a folder that holds a
+    run is refused (check_run_folder)."""
+
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
+    ) -> None:
         config.validate()
+        check_run_folder(config.out_dir, resume, overwrite)
         self.ranks = distributed.from_env()
         if config.batch_size % self.ranks.world_size:
             n = self.ranks.world_size
@@ -149,7 +168,6 @@ class Trainer:
         self.config, self.progress = config, progress and self.ranks.main
         progress = self.progress
         self.out_dir = Path(config.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = distributed.device_for(self.ranks, resolve_device(config.device))
         distributed.init(self.ranks, self.device)
         self.dataset = open_dataset(config.dataset, split_seed=config.split_seed)
@@ -165,6 +183,10 @@ class Trainer:
             self.selection = select_tiles_cls_task(self.tiles, config.setting, config.cls_fraction, config.seed)
         if self.selection.seg.size == 0 and self.selection.cls.size == 0:
             raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
+        if overwrite and self.ranks.main:  # the inputs are good: now the old run goes
+            for name in RUN_FILES:
+                (self.out_dir / name).unlink(missing_ok=True)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         # The classification layer is scored on the validation split's CLS tiles (val_tiles) every epoch; the
         # reverse experiment (task "cls") also selects its best epoch by that accuracy. Validation images are
         # decoded once here and scored every epoch, by rank 0 alone.
@@ -205,7 +227,7 @@ class Trainer:
         pixel_counts = np.zeros(num_classes, dtype=np.int64)
         if self.selection.seg.size:
             masks = np.asarray(self.tiles.masks[np.sort(self.selection.seg)])
-            pixel_counts += np.bincount(masks[masks != IGNORE_INDEX], minlength=num_classes)[:num_classes]
+            pixel_counts += np.bincount(masks[masks != UNLABELLED], minlength=num_classes)[:num_classes]
         label_counts = np.bincount(np.asarray(self.tiles.labels[self.selection.cls]), minlength=num_classes)
         label_counts = label_counts[:num_classes]
         if self.config.mode == "joint":  # every tile carries both kinds of target
@@ -238,7 +260,7 @@ class Trainer:
         order = np.sort(mine)  # memmap-friendly read, then restore the sampled order
         rank = np.argsort(np.argsort(mine, kind="stable"), kind="stable")
         images = np.zeros((idx.size, *self.tiles.images.shape[1:]), np.uint8)
-        masks = np.full((idx.size, *self.tiles.masks.shape[1:]), IGNORE_INDEX, np.uint8)
+        masks = np.full((idx.size, *self.tiles.masks.shape[1:]), UNLABELLED, np.uint8)
         images[share] = np.asarray(self.tiles.images[order])[rank]
         masks[share] = np.asarray(self.tiles.masks[order])[rank]
         x, y = augment_batch(
@@ -257,7 +279,7 @@ class Trainer:
                 if seg_idx.size:
                     x, y = self._batch(seg_idx, gen)
                     out = self.net(x[s])
-                    seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=IGNORE_INDEX)
+                    seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=UNLABELLED)
                 if cls_idx.size:
                     x, _ = self._batch(cls_idx, gen)
                     out = self.net(x[s], full_res=False)
@@ -269,7 +291,7 @@ class Trainer:
                 y[n_seg:] = labels[:, None, None]  # CLS tiles: constant mask of their label
                 seg_tile_labels = _majority(y[:n_seg], self.description.num_classes)
                 out = self.net(x[s])
-                seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=IGNORE_INDEX)
+                seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=UNLABELLED)
                 cls_loss = F.cross_entropy(
                     out.class_scores.float(), torch.cat([seg_tile_labels, labels])[s], self.cls_weights
                 )
@@ -405,13 +427,13 @@ def changed_settings(saved: dict, config: TrainConfig) -> list[str]:
     return [k for k in RESUME_KEYS if str(saved.get(k)) != str(mine[k])]
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train one run into `config.out_dir`; returns the test metrics also written to metrics.json ({} on the
-    ranks other than 0 under torchrun)."""
+    ranks other than 0 under torchrun). `resume` / `overwrite`: as Trainer's."""
     try:
-        return Trainer(config, resume=resume, progress=progress).run()
+        return Trainer(config, resume=resume, progress=progress, overwrite=overwrite).run()
     finally:
         distributed.close()
 
 
-__all__ = ["MODES", "TrainConfig", "Trainer", "class_weights", "train"]
+__all__ = ["MODES", "RUN_FILES", "TrainConfig", "Trainer", "check_run_folder", "class_weights", "train"]

@@ -28,6 +28,7 @@ def test_onnxruntime_backend_contract(onnx_path, batch):
     backend = open_backend(onnx_path)
     try:
         assert backend.name == "onnxruntime" and backend.device == "CPUExecutionProvider"
+        assert backend.on_cpu and not backend.fixed_tile  # trimmed tiles, readers sharing the cores
         assert backend.description.classes == ("background", "benign", "tumour")
         assert backend.description.mpp == 2.0
         out = backend.infer(batch)
@@ -48,6 +49,7 @@ def test_torch_backend_agrees_with_onnxruntime(tmp_path, onnx_path, batch):
     torch_backend = open_backend(checkpoint, "torch")
     try:
         assert torch_backend.name == "torch" and torch_backend.device in ("cpu", "cuda")
+        assert torch_backend.on_cpu == (torch_backend.device == "cpu") != torch_backend.fixed_tile
         out = torch_backend.infer(batch)
     finally:
         torch_backend.close()

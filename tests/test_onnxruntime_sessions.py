@@ -14,7 +14,8 @@ from _runtime_models import exported_onnx, tissue_image
 
 from segcls.core.errors import SegclsError
 from segcls.runtime.backends import open_backend
-from segcls.runtime.pipeline import InferOptions, cpu_sessions, infer_slide, open_model
+from segcls.runtime.cores import cpu_sessions
+from segcls.runtime.pipeline import InferOptions, infer_slide, open_model
 
 _REAL_SESSION = onnxruntime.InferenceSession
 SLOW, FAIL = 7, 9  # a tile whose first pixel is SLOW runs slowly, FAIL raises

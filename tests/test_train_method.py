@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from _data_helpers import write_dataset
 from _train_helpers import COLOURS
 
-from segcls.core.metrics import IGNORE_INDEX
+from segcls.core.constants import UNLABELLED
 from segcls.data.augment import normalize
 from segcls.data.tiles import SEG
 from segcls.train import TrainConfig, Trainer, class_weights
@@ -110,8 +110,8 @@ def test_joint_mode_targets(dataset, tmp_path):
     out, y = _outputs(trainer, seg_idx, cls_idx, seed=3)
     y[len(seg_idx) :] = labels[:, None, None]
     seg_masks = y[: len(seg_idx)]
-    majority = torch.tensor([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=3).argmax() for m in seg_masks])
-    want_seg = F.cross_entropy(out.logits, y, trainer.seg_weights, ignore_index=IGNORE_INDEX)
+    majority = torch.tensor([np.bincount(m[m != UNLABELLED].ravel(), minlength=3).argmax() for m in seg_masks])
+    want_seg = F.cross_entropy(out.logits, y, trainer.seg_weights, ignore_index=UNLABELLED)
     want_cls = F.cross_entropy(out.class_scores, torch.cat([majority, labels]), trainer.cls_weights)
     assert seg_loss.item() == pytest.approx(want_seg.item(), rel=1e-5)
     assert cls_loss.item() == pytest.approx(want_cls.item(), rel=1e-5)
@@ -128,7 +128,7 @@ def test_two_step_losses(dataset, tmp_path):
         total, seg_loss, cls_loss = trainer._losses(seg_idx, cls_idx, gen)
         gen = torch.Generator().manual_seed(5)  # replay: the SEG batch, then the CLS batch, from one generator
         x, y = trainer._batch(seg_idx, gen)
-        want_seg = F.cross_entropy(trainer.model(x).logits, y, trainer.seg_weights, ignore_index=IGNORE_INDEX)
+        want_seg = F.cross_entropy(trainer.model(x).logits, y, trainer.seg_weights, ignore_index=UNLABELLED)
         x, _ = trainer._batch(cls_idx, gen)
         labels = torch.from_numpy(np.asarray(trainer.tiles.labels[cls_idx], np.int64))
         want_cls = F.cross_entropy(trainer.model(x, full_res=False).class_scores, labels, trainer.cls_weights)
@@ -140,7 +140,7 @@ def test_two_step_losses(dataset, tmp_path):
 
 def _selected_counts(trainer):
     seg_masks = np.asarray(trainer.tiles.masks[trainer.selection.seg])
-    pixels = np.bincount(seg_masks[seg_masks != IGNORE_INDEX], minlength=3)
+    pixels = np.bincount(seg_masks[seg_masks != UNLABELLED], minlength=3)
     labels = np.bincount(np.asarray(trainer.tiles.labels[trainer.selection.cls]), minlength=3)
     return pixels, labels
 

@@ -223,6 +223,10 @@ class OnnxRuntimeBackend(Backend):
             return "not loaded"
         return self.session.get_providers()[0]
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.session is None or self.session.get_providers()[0] == "CPUExecutionProvider"
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -200,6 +200,10 @@ class TensorRTBackend(Backend):
         self.info = self.description = None  # closed = not loaded: entering a `with` block loads it again
 
     @property
+    def on_cpu(self) -> bool:
+        return False
+
+    @property
     def device(self) -> str:
         if self._cuda is None:
             return f"cuda:{self.device_index}"

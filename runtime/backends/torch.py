@@ -139,6 +139,10 @@ class TorchBackend(Backend):
         return BackendOutput(labels_host.numpy(), lazy_probs, scores_host.numpy())
 
     @property
+    def on_cpu(self) -> bool:
+        return not self._cuda
+
+    @property
     def device(self) -> str:
         if self._cuda:
             import torch

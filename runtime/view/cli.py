@@ -7,47 +7,41 @@ from pathlib import Path
 
 import click
 
-from segcls.core.cli import handle_errors, require_extra
-from segcls.core.errors import SegclsError
+from segcls.core.cli import command, input_path, overwrite_option, quiet_option, require_extra
 from segcls.runtime.view.server import DEFAULT_PORT, LOCAL_HOSTS
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("target", type=click.Path(path_type=Path))
-@click.option("--mask", type=click.Path(path_type=Path), help="The slide's mask (NAME.mask.tif of segcls-infer).")
+@command("segcls-view")
+@click.argument("target", type=input_path())
+@click.option("--mask", type=input_path(dir_okay=False), help="The slide's mask (NAME.mask.tif of segcls-infer).")
 @click.option(
-    "--geojson", type=click.Path(path_type=Path), help="Region outlines to draw on demand (segcls-infer --geojson)."
+    "--geojson", type=input_path(dir_okay=False), help="Region outlines to draw on demand (segcls-infer --geojson)."
 )
 @click.option(
     "--summary",
-    type=click.Path(path_type=Path),
+    type=input_path(dir_okay=False),
     help="NAME.summary.json for the areas and slide class [default: the one beside the mask, if any].",
 )
-@click.option("--slide-mpp", type=float, help="The slide's level-0 um/px, for slides that lack it or lie.")
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to listen on; others than this machine's warn."
+    "--slide-mpp", type=float, help="The slide's level-0 um/px, for slides that lack it or lie [default: the file's]."
 )
-@click.option(
-    "--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), help="TCP port; 0: any free one."
-)
+@click.option("--host", default="127.0.0.1", help="Address to listen on; any other than this machine's warns.")
+@click.option("--port", default=DEFAULT_PORT, type=click.IntRange(0, 65535), help="TCP port; 0: any free one.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the viewer in the default web browser.")
 @click.option("--threads", type=click.IntRange(1, 256), help="Request threads [default: 2 per core, at least 4].")
-@click.option("--cache-mb", default=256, show_default=True, type=click.IntRange(0), help="Tile cache size, MB.")
-@click.option(
-    "--opacity", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Initial mask opacity, 0-1."
-)
+@click.option("--cache-mb", default=256, type=click.IntRange(0), help="Tile cache size, MB.")
+@click.option("--opacity", default=0.5, type=click.FloatRange(0, 1), help="Initial mask opacity, 0-1.")
 @click.option(
     "-o",
     "--output",
     "--export",
-    "export_dir",
+    "output",
     type=click.Path(path_type=Path),
-    help="Write a static viewer to this folder (page + all Deep Zoom tiles, opens from disk) instead of serving.",
+    help="Write a static viewer to this folder (page + all Deep Zoom tiles, opens from disk) instead of serving "
+    "[default: serve].",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing --export folder.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.version_option(package_name="segcls", prog_name="segcls-view")
-@handle_errors
+@overwrite_option("an --export folder")
+@quiet_option
 def main(
     target: Path,
     mask: Path | None,
@@ -60,7 +54,7 @@ def main(
     threads: int | None,
     cache_mb: int,
     opacity: float,
-    export_dir: Path | None,
+    output: Path | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -73,8 +67,7 @@ def main(
     """
     from segcls.runtime.view import export_view, open_viewer, serve
 
-    if not target.exists():
-        raise SegclsError(f"not found: {target}")
+    export_dir = output
     if target.is_file() and mask is None and summary is not None:
         raise click.UsageError("--summary goes with --mask")
     if export_dir is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from segcls.core.atomic import check_overwrite
 from segcls.core.errors import SegclsError
 from segcls.runtime.cores import available_cores
 from segcls.runtime.view.pages import DEFAULT_OPACITY, static_files, viewer_config, viewer_page
@@ -42,10 +43,9 @@ def check_target(folder: Path, overwrite: bool) -> None:
     parent = folder.absolute().parent
     if not parent.is_dir():
         raise SegclsError(f"output folder's parent does not exist: {parent}")
-    if folder.exists() and not overwrite:
-        raise SegclsError(f"{folder} exists; --overwrite to replace it")
     if folder.exists() and not folder.is_dir():
         raise SegclsError(f"{folder} exists and is not a folder")
+    check_overwrite(folder, overwrite=overwrite)
 
 
 def export_view(

@@ -47,14 +47,24 @@ def url_of(server) -> str:
     return f"http://{host}:{server.effective_port}/"
 
 
-def close(server) -> None:
-    """Stop a server running in another thread: its socket, its open connections, its request threads."""
-    server.close()
-    # Kept-alive browser connections stay in waitress's socket map (its `_map`, which `run` loops over) until
-    # they time out: close them too, or the loop would go on for `channel_timeout`.
-    for channel in list(server._map.values()):
-        with contextlib.suppress(Exception):
-            channel.close()
+def close(server, thread: threading.Thread) -> None:
+    """Stop a server whose loop runs on `thread`: its socket, its open connections, its request threads.
+
+    Kept-alive browser connections stay in waitress's socket map (`_map`, which its loop runs over) until
+    they time out, so they are closed too; all of it on the loop's own thread (a trigger thunk), as closing a
+    socket under a running select() makes the loop fail with EBADF."""
+
+    def shut() -> None:
+        for channel in list(server._map.values()):
+            if channel is not server.trigger:
+                channel.close()
+        server.close()  # the listening socket and the trigger: the map is empty, the loop ends
+
+    if thread.is_alive():
+        server.trigger.pull_trigger(shut)
+        thread.join(10)
+    if thread.is_alive() or server._map:
+        shut()
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
 
 
@@ -67,5 +77,4 @@ def running(app, host: str = "127.0.0.1", port: int = 0, threads: int | None = N
     try:
         yield url_of(server)
     finally:
-        close(server)
-        thread.join(timeout=10)
+        close(server, thread)

@@ -48,7 +48,7 @@ def test_stream_matches_infer(checkpoint, batch, reference):
 
 
 def test_bad_precision(checkpoint, tmp_path):
-    with pytest.raises(SegclsError, match="--precision must be one of fp32, fp16, bf16"):
+    with pytest.raises(SegclsError, match="--precision must be one of fp32, tf32, fp16, bf16"):
         TorchBackend(checkpoint, precision="int4")
 
 

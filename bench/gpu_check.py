@@ -292,6 +292,11 @@ def step_result(name: str, out: dict) -> str:
             for mode, e in out["modes"].items()
         ]
         return "e2e tiles/s: " + "; ".join(parts or [f"read-only {out['read_only']['tiles_per_s']}"])
+    if name == "prepare":
+        env, slide = out["environment"], out["slide"]
+        where = f"CUDA {env['torch_cuda']}, {env.get('gpu', 'no GPU visible to torch')}"
+        return (f"torch {env['torch']} ({where}); CPU FP32 reference {out['cpu_reference_s']} s; "
+                f"{slide['size_px']} px {slide['compression']} slide {out['slide_s']} s")  # fmt: skip
     if name == "train":
         return f"{out['steps_per_s']} steps/s ({out['tiles_per_s']} tiles/s, AMP {out['amp']}, {out['device']})"
     return ""
@@ -352,7 +357,7 @@ def main(out_dir: Path, device: str, toy: bool, only: tuple[str, ...], skip: tup
     notes = dict(n.split("=", 1) if "=" in n else (n, "") for n in note)
     click.echo(f"GPU check: {len(steps)} steps, at most {total_budget(steps):.0f} s; the report after each")
     report = run_check(out_dir, settings, steps, notes, echo=click.echo)
-    click.echo(f"results: {out_dir / 'gpu-check.json'} {out_dir / 'gpu-check.md'}")
+    click.echo(f"results: {out_dir}/gpu-check.json, gpu-check.md, gpu-tests.xml, gpu-tests.log")
     sys.exit(0 if succeeded(report) else 1)
 
 

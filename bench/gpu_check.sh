@@ -12,7 +12,7 @@
 #   env: PYTHON (python3); WHEELS (.whl): wheels from bench/gpu_wheels.sh, installed --no-index into a private
 #        folder on PYTHONPATH, nothing else touched; GPU_CHECK_ARGS: extra gpu_check.py options, e.g.
 #        "--device cpu --toy" to run every step on a CPU (that proves the script runs, nothing about a GPU);
-#        GPU_CHECK_SCALE (1): multiplies every budget (a slow CPU running the toy sizes)
+#        GPU_CHECK_SCALE (1, an integer): multiplies every budget (a slow CPU running the toy sizes)
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -50,5 +50,4 @@ timeout -k "$KILL_S" "$(( CHECK_S * SCALE ))" "$PYTHON" -P -m segcls.bench.gpu_c
     --budget-scale "$SCALE" --note "wheels=$wheels" ${GPU_CHECK_ARGS:-}
 status=$?
 [[ $status -eq 124 || $status -eq 137 ]] && echo "gpu_check.py stopped at its limit of $(( CHECK_S * SCALE )) s"
-echo "results: $OUT/gpu-check.json $OUT/gpu-check.md $OUT/gpu-tests.xml"
 exit $status

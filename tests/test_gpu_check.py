@@ -145,6 +145,38 @@ def test_the_whole_script_runs_on_a_cpu_at_toy_sizes(tmp_path):
     e2e = steps["e2e"]["modes"]["eager"]
     assert e2e["same_tiles_as_read_only"] and e2e["tiles"] == steps["e2e"]["read_only"]["tiles"] > 0
     assert steps["train"]["steps_per_s"] > 0 and not steps["train"]["amp"]
-    assert report["notes"] == {"wheels": "none carried"} and "segcls" in report
+    assert report["notes"] == {"wheels": "none carried"}
+    assert report["segcls"].startswith(f"{REPO} (")  # imported from this very tree, not from a wheel
     assert "| e2e | done |" in (tmp_path / "out" / "gpu-check.md").read_text()
     assert "e2e tiles/s: eager" in result.stdout
+
+
+def test_gpu_wheels_start_afresh_and_carry_only_what_the_gpu_machine_lacks(tmp_path):
+    """Two versions of a package in the folder stop `pip install`; segcls is not a wheel (the check imports
+    the live tree); the packages are the ones the GPU machine lacks, at requirements-cpu.txt's versions.
+    `pip download` is a stand-in here (PYTHON), which writes a wheel per requested package."""
+    dest = tmp_path / "whl"
+    dest.mkdir()
+    (dest / "imagecodecs-2024.1.1-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"old")
+    (dest / "segcls-0.1.0-py3-none-any.whl").write_bytes(b"stale")
+    log = tmp_path / "pip-args"
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" >> {log}\n'
+        "while [[ $# -gt 0 ]]; do case $1 in\n"
+        "  --dest) d=$2; shift 2;;\n"
+        '  *==*) touch "$d/${1%%==*}-${1##*==}-py3-none-any.whl"; shift;;\n'
+        "  *) shift;;\n"
+        "esac; done\n"
+    )
+    python.chmod(0o755)
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_wheels.sh"), str(dest)],
+                            env=os.environ | {"PYTHON": str(python)}, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    pins = dict(line.split()[0].split("==") for line in (REPO / "requirements-cpu.txt").read_text().splitlines()
+                if "==" in line)  # fmt: skip
+    wanted = ["openslide-bin", "openslide-python", "imagecodecs", "pytest-timeout"]
+    assert sorted(p.name for p in dest.glob("*.whl")) == sorted(f"{p}-{pins[p]}-py3-none-any.whl" for p in wanted)
+    (args,) = log.read_text().splitlines()  # one download, no `pip wheel .` of segcls
+    assert args.startswith("-m pip download") and "--python-version 3.12" in args and "--no-deps" in args

@@ -155,6 +155,7 @@ class Trainer:
             n = self.ranks.world_size
             raise SegclsError(f"batch size {config.batch_size} does not split evenly over {n} torchrun ranks")
         self.config, self.progress = config, progress and self.ranks.main
+        self.log_every = LOG_EVERY  # steps between progress-bar updates (each reads the losses back)
         progress = self.progress
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +319,7 @@ class Trainer:
                 self.scaler.update()
                 totals += torch.stack([loss.detach(), seg_loss.detach(), cls_loss.detach()]).double()
                 tiles += seg_idx.size + cls_idx.size
-                if self.progress and (step + 1) % LOG_EVERY == 0:  # a host sync on CUDA: only this often
+                if self.progress and (step + 1) % self.log_every == 0:  # a host sync on CUDA: only this often
                     rate = tiles / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{totals[0].item() / (step + 1):.3f}", tiles_s=f"{rate:.1f}")
         totals = totals.cpu().numpy()

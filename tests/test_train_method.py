@@ -229,16 +229,15 @@ def test_a_training_step_syncs_with_the_device_only_to_log(dataset, tmp_path):
     """Losses are summed where they are made and read back once per LOG_EVERY steps (progress bar) and
     per epoch: each read of a device tensor is a host sync on CUDA (the optimizer's and the augmentation's
     reads are of CPU tensors). The steps run with cuDNN autotuning on (one tile size), restored after."""
-    from segcls.train import LOG_EVERY
-
-    trainer = _trainer(dataset, tmp_path, setting="S+C*", mode="two-step", steps_per_epoch=LOG_EVERY, batch_size=2)
+    trainer = _trainer(dataset, tmp_path, setting="S+C*", mode="two-step", steps_per_epoch=2, batch_size=2)
+    trainer.log_every = 1  # the default, LOG_EVERY, is 10
     seen = []
     trainer.model.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
     before = torch.backends.cudnn.benchmark
-    for progress, syncs in ((False, 0), (True, 1)):
+    for progress, syncs in ((False, 0), (True, 2)):
         trainer.progress = progress
         with _HostReads() as reads:
             stats = trainer.train_epoch()
-        assert reads.count == syncs, f"{reads.count} host syncs in {LOG_EVERY} steps (progress {progress})"
+        assert reads.count == syncs, f"{reads.count} host syncs in 2 steps (progress {progress})"
         assert stats["loss"] == pytest.approx(stats["seg_loss"] + stats["cls_loss"], rel=1e-5)
     assert seen and all(seen) and torch.backends.cudnn.benchmark == before

@@ -29,8 +29,10 @@ def _multiple_of_16(ctx, param, value: int) -> int:
 @click.option("--calib-size", default=Int8Options.tile_size, show_default=True, callback=_multiple_of_16,
               help="Calibration and held-out tile side, px.")  # fmt: skip
 @click.option("--int8-fp32", "fp32_modules", help="Network modules left in FP32, comma-separated ('' for none) "
-              f"[default: {','.join(Int8Options.fp32_modules)}, and if the model misses verification so, "
-              f"{' then '.join(','.join(m) for m in Int8Options.fallback_fp32)} too].")  # fmt: skip
+              f"[default: {','.join(Int8Options.fp32_modules)}].")  # fmt: skip
+@click.option("--int8-max-fp32", "max_fp32", type=click.IntRange(min=0), default=Int8Options.max_fp32,
+              show_default=True, help="When the INT8 model misses verification: at most this many more layers "
+              "(convolutions, most sensitive first) kept in FP32 until it passes; 0: --int8-fp32 exactly.")  # fmt: skip
 @click.option("--trt", "build_trt", is_flag=True, help="Also build a TensorRT engine (needs a GPU).")
 @click.option("--engine", type=click.Path(path_type=Path), help="Engine file [default: OUTPUT with .engine].")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1), help="Engine batch.")
@@ -50,6 +52,7 @@ def main(
     calib_tiles: int,
     calib_size: int,
     fp32_modules: str | None,
+    max_fp32: int,
     build_trt: bool,
     engine: Path | None,
     max_batch: int,
@@ -76,10 +79,10 @@ def main(
     if int8:
         from segcls.export.quantize import export_int8
 
-        options = Int8Options(calib_method, calib_tiles, calib_size)
-        if fp32_modules is not None:  # exactly these, no fallback
+        options = Int8Options(calib_method, calib_tiles, calib_size, max_fp32=max_fp32)
+        if fp32_modules is not None:
             modules = tuple(m.strip() for m in fp32_modules.split(",") if m.strip())
-            options = replace(options, fp32_modules=modules, fallback_fp32=())
+            options = replace(options, fp32_modules=modules)
         result = export_int8(
             checkpoint, output, calibrate, options, opset=opset, verify_size=verify_size, log=click.echo
         )

@@ -1,19 +1,23 @@
 """Accuracy-aware mixed precision: the fewest layers kept in FP32 that make an INT8 export pass verification.
 
 An INT8 export that misses the verification rules (`verify.verify_int8`: labels agreement with FP32 on
-held-out tiles, test macro F1) is usually lost in a few layers. Which ones depends on the model, so it is
-measured, not assumed:
+held-out tiles, test macro F1) loses its labels in some layers more than in others, and which ones depends
+on the model, so it is measured, not assumed:
 
-1. Sensitivity: each quantized convolution (a "layer", named by its network module as `--int8-fp32`
-   names it) is returned to FP32 alone, everything else quantized as before, and the labels of that model
-   are compared with FP32's on calibration tiles (never the held-out verification tiles, so the ranking does
-   not learn the test). The layer whose return restores the most labels is the most sensitive. Calibration
-   ranges are computed once and reused (ONNX Runtime's `calibration_cache_path`), so each layer costs one
-   quantization pass and a few tiles of inference.
-2. Search: the most sensitive layer, then the two most sensitive, ... are kept in FP32 until the export
-   passes the unchanged verification rules, up to `max_fp32` layers; the first that passes ships.
-3. What they cost: the FP32 layers' share of the network's multiply-adds at the tile size, and the speed
-   of the shipped model against the model without them, measured (ONNX Runtime, alternating rounds).
+- A layer is what keeps its tensors in FP32 when it is not quantized: a residual block (`encoder.layer1.0`:
+  its convolutions, the add and the ReLUs; a lone convolution in FP32 leaves the block's add and ReLUs
+  quantized, and with them the residual stream, where a weakly trained model lost its labels), or what is
+  left of a top-level module (`encoder`: the stem's ReLU and max pool; `decoder`: its convolution, ReLU
+  and upsampling) besides the modules `Int8Options.fp32_modules` keeps in FP32 anyway.
+- Sensitivity: each layer alone is quantized, every other one kept in FP32, and that model's labels are
+  compared with FP32's on calibration tiles (never the held-out verification tiles, so the ranking does
+  not learn the test). The layer that loses the most labels on its own is the most sensitive. Calibration
+  ranges are computed once and reused (ONNX Runtime's `calibration_cache_path`), so each layer costs one
+  quantization pass and a few tiles of inference.
+- Search: the most sensitive layer, then the two most sensitive, ... are kept in FP32 until the export
+  passes the unchanged verification rules, up to `max_fp32` layers; the first that passes ships.
+- What they cost: the FP32 layers' share of the network's convolution multiply-adds, and the speed of
+  the shipped model against the model without them, measured (ONNX Runtime, alternating rounds).
 
 A model that misses with `max_fp32` layers in FP32 is refused with its figures.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segcls.core.errors import SegclsError
 from segcls.core.model_info import INPUT_NAME
 from segcls.core.verification import VerificationReport
 
@@ -36,30 +41,68 @@ _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 @dataclass(frozen=True)
 class Layer:
-    """One quantizable convolution: its network module and its multiply-adds per tile."""
+    """What the search keeps in FP32 or not, as a whole: a residual block or the rest of a module."""
 
-    module: str  # e.g. "encoder.layer1.0.bn1" (a conv carries the name of the BatchNorm folded into it)
-    node: str
-    macs: int
+    name: str  # e.g. "encoder.layer1.0"
+    nodes: tuple[str, ...]  # its quantizable nodes
+    macs: int  # its convolutions' multiply-adds per tile
 
 
 @dataclass(frozen=True)
 class Sensitivity:
     layer: Layer
-    agreement: float  # labels agreement with FP32 on the sensitivity tiles with this layer alone in FP32
+    agreement: float  # labels agreement with FP32 on the sensitivity tiles with this layer alone quantized
     error: float  # mean |probs - FP32 probs| on them
 
 
 @dataclass
 class SearchResult:
-    fp32_modules: tuple[str, ...]  # what the shipped (or last tried) model keeps in FP32
-    added: tuple[Layer, ...]  # layers the search added to the starting set
-    report: VerificationReport
+    layers: tuple[str, ...]  # layers the search keeps in FP32 besides the starting modules
+    report: VerificationReport  # of the shipped (or last tried) model
     tried: int  # quantize + verify rounds
 
 
-def conv_layers(fp32_path: Path, tile: int) -> list[Layer]:
-    """Every Conv of the FP32 model, graph order, with its module and multiply-adds on a tile x tile input.
+def layer_of(module: str) -> str:
+    """The layer a node of `module` belongs to: up to the block index (`encoder.layer1.0.bn1` ->
+    `encoder.layer1.0`), else the top-level module (`encoder.relu` -> `encoder`)."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return parts[0]
+
+
+def module_of(node) -> str:
+    """The network module the exporter recorded for a node: the deepest `model.*` name scope, without
+    `model.` (DeployedModel holds the network as `model`)."""
+    props = {p.key: p.value for p in node.metadata_props}
+    scopes = [s.strip(" '\"") for s in props.get(_SCOPE_KEY, "").strip("[]").split(",")]
+    modules = [s for s in scopes if s.startswith("model.")]
+    return modules[-1].removeprefix("model.") if modules else node.name
+
+
+def quantized_layers(model, ops: tuple[str, ...], kept: set[str], macs: dict[str, int] | None = None) -> list[Layer]:
+    """The layers of `model` (graph order) made of its nodes of type `ops` that are not in `kept` (the
+    nodes FP32 anyway); `macs`: multiply-adds per conv node (`conv_macs`)."""
+    groups: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in ops and node.name not in kept:
+            groups.setdefault(layer_of(module_of(node)), []).append(node.name)
+    macs = macs or {}
+    return [Layer(name, tuple(nodes), sum(macs.get(n, 0) for n in nodes)) for name, nodes in groups.items()]
+
+
+def layer_nodes(model, ops: tuple[str, ...], names: tuple[str, ...]) -> list[str]:
+    """The quantizable nodes of the named layers; an unknown name is a one-line error."""
+    found = {layer.name: layer for layer in quantized_layers(model, ops, set())}
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise SegclsError(f"no layer(s) {', '.join(unknown)} in the exported graph (it has {', '.join(found)})")
+    return [node for name in names for node in found[name].nodes]
+
+
+def conv_macs(fp32_path: Path, tile: int) -> dict[str, int]:
+    """Multiply-adds of every Conv node on a tile x tile input.
 
     Output shapes come from running the model once on a blank tile with the conv outputs exposed (the
     graph's Resize takes its size at run time, so static shape inference does not reach the decoder)."""
@@ -78,67 +121,50 @@ def conv_layers(fp32_path: Path, tile: int) -> list[Layer]:
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [node.output[0] for node in convs]
     shapes = [a.shape for a in session.run(names, {INPUT_NAME: np.full((1, tile, tile, 3), 255, np.uint8)})]
-    layers = []
-    for node, shape in zip(convs, shapes, strict=True):
-        w = weights[node.input[1]]  # (out, in / groups, kh, kw)
-        layers.append(Layer(module_of(node), node.name, int(np.prod(shape[1:])) * int(np.prod(w[1:]))))
-    return layers
-
-
-def module_of(node) -> str:
-    """The network module the exporter recorded for a node: the deepest `model.*` name scope, without
-    `model.` (DeployedModel holds the network as `model`)."""
-    props = {p.key: p.value for p in node.metadata_props}
-    scopes = [s.strip(" '\"") for s in props.get(_SCOPE_KEY, "").strip("[]").split(",")]
-    modules = [s for s in scopes if s.startswith("model.")]
-    return modules[-1].removeprefix("model.") if modules else node.name
+    return {  # output elements x (in / groups) x kh x kw
+        node.name: int(np.prod(shape[1:])) * int(np.prod(weights[node.input[1]][1:]))
+        for node, shape in zip(convs, shapes, strict=True)
+    }
 
 
 def rank_layers(
     layers: list[Layer], measure: Callable[[tuple[str, ...]], tuple[float, float]], progress: bool = False
 ) -> list[Sensitivity]:
-    """Each layer returned to FP32 alone: `measure(extra_fp32_modules) -> (agreement, error)` on the
-    sensitivity tiles; most sensitive first (most labels restored, then least error)."""
+    """Each layer alone quantized: `measure(layers kept in FP32) -> (agreement, error)` on the sensitivity
+    tiles, every other layer in FP32; most sensitive first (fewest labels kept, then most error)."""
     from tqdm import tqdm
 
     found = []
     for layer in tqdm(layers, desc="layer sensitivity", unit="layer", leave=False, disable=not progress):
-        agreement, error = measure((layer.module,))
+        agreement, error = measure(tuple(other.name for other in layers if other is not layer))
         found.append(Sensitivity(layer, agreement, error))
-    return sorted(found, key=lambda s: (-s.agreement, s.error))
+    return sorted(found, key=lambda s: (s.agreement, -s.error))
 
 
 def search_fp32(
-    base: tuple[str, ...],
     ranked: list[Sensitivity],
     verify: Callable[[tuple[str, ...]], VerificationReport],
     max_fp32: int,
     first: VerificationReport,
     log: Callable[[str], None] = lambda message: None,
 ) -> SearchResult:
-    """Keep the 1, 2, ... `max_fp32` most sensitive layers in FP32 (besides `base`, whose verification
-    report is `first`) until `verify(modules)` passes; the last report either way."""
-    report, added, tried = first, (), 0
+    """Keep the 1, 2, ... `max_fp32` most sensitive layers in FP32 until `verify(layers)` passes (`first`:
+    the report with none of them); the last report either way."""
+    report, layers, tried = first, (), 0
     for k in range(1, min(max_fp32, len(ranked)) + 1):
-        added = tuple(s.layer for s in ranked[:k])
-        modules = base + tuple(layer.module for layer in added)
-        report = verify(modules)
+        layers = tuple(s.layer.name for s in ranked[:k])
+        report = verify(layers)
         tried += 1
-        log(f"{k} layer(s) in FP32 beyond {', '.join(base) or 'none'} ({added[-1].module} added): {report.summary()}")
+        log(f"{k} layer(s) in FP32 ({', '.join(layers)}): {report.summary()}")
         if report.passed:
             break
-    return SearchResult(base + tuple(layer.module for layer in added), added, report, tried)
+    return SearchResult(layers, report, tried)
 
 
-def macs_share(layers: list[Layer], modules: tuple[str, ...]) -> float:
-    """The share of the network's convolution multiply-adds that the FP32 `modules` hold."""
-    total = sum(layer.macs for layer in layers)
-    fp32 = sum(layer.macs for layer in layers if any(_inside(layer.module, m) for m in modules))
-    return fp32 / total if total else 0.0
-
-
-def _inside(module: str, scope: str) -> bool:
-    return module == scope or module.startswith(scope + ".")
+def macs_share(macs: dict[str, int], nodes: list[str]) -> float:
+    """The share of the network's convolution multiply-adds that `nodes` hold."""
+    total = sum(macs.values())
+    return sum(macs.get(n, 0) for n in set(nodes)) / total if total else 0.0
 
 
 def relative_speed(models: list[Path], tile: int, rounds: int = 3, threads: int | None = None) -> list[float]:

@@ -39,8 +39,10 @@ from segcls.core.model_info import INPUT_NAME, KEY_OPSET, KEY_PRECISION, read_mo
 from segcls.core.verification import VerificationReport
 from segcls.export.mixed_precision import (
     SearchResult,
-    conv_layers,
+    conv_macs,
+    layer_nodes,
     macs_share,
+    quantized_layers,
     rank_layers,
     relative_speed,
     search_fp32,
@@ -57,7 +59,7 @@ KEY_INT8_CALIBRATION = "segcls.int8_calibration"  # JSON of the Int8Options the 
 # Module name scope the exporter records on each node (`pkg.torch.onnx.name_scopes`); DeployedModel
 # holds the network as `model`, so the classifier conv is `model.decoder.classifier`.
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
-_RECORDED = ("method", "tiles", "tile_size", "fp32_modules", "seed", "reduce_range")
+_RECORDED = ("method", "tiles", "tile_size", "fp32_modules", "fp32_layers", "seed", "reduce_range")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Int8Options:
     # Layers (convolutions) the accuracy-aware search may keep in FP32 besides `fp32_modules` when the model
     # misses verification; 0: exactly `fp32_modules`.
     max_fp32: int = 8
+    fp32_layers: tuple[str, ...] = ()  # layers (mixed_precision.layer_of) the search kept in FP32
     sensitivity_tiles: int = 8  # calibration tiles each layer's sensitivity is measured on
     seed: int = 0
     reduce_range: bool = False  # 7-bit weights; docs/int8.md has what it changed here
@@ -166,7 +169,7 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = onnx.load(str(fp32_path))
-    exclude = nodes_in_modules(fp32, options.fp32_modules)
+    exclude = nodes_in_modules(fp32, options.fp32_modules) + layer_nodes(fp32, QUANTIZED_OPS, options.fp32_layers)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.method]  # fmt: skip
     noisy = logging.getLogger()  # quantize_static warns through the root logger
@@ -263,7 +266,7 @@ def int8_from_onnx(
         reference = fp32_reference(fp32_path, tiles, test, ds.num_classes)
         prepare_seconds = time.perf_counter() - start
         run = _Attempts(Path(fp32_path), Path(tmp), calibration, tiles, test, ds.num_classes, reference, options, log)
-        report = run.verify(options.fp32_modules)
+        report = run.verify(())
         log(report.summary())
         search = None
         if not report.passed and options.max_fp32 > 0:
@@ -272,12 +275,12 @@ def int8_from_onnx(
         if not report.passed:
             if search is not None:
                 raise ExportError(
-                    f"{output} failed verification with {len(search.added)} more layer(s) in FP32 "
-                    f"({', '.join(search.fp32_modules)}; at most {options.max_fp32}, --int8-max-fp32): "
+                    f"{output} failed verification with {len(search.layers)} more layer(s) in FP32 "
+                    f"({', '.join(search.layers) or 'none'}; at most {options.max_fp32}, --int8-max-fp32): "
                     + "; ".join(str(f) for f in report.figures if not f.passed)
                 )
             report.raise_if_failed(output)
-        describe_fp32(run, search, log)
+        describe_fp32(run, search.layers if search is not None else (), log)
         with atomic_path(output) as out:
             shutil.copyfile(run.last, out)
         export_seconds, verify_seconds = prepare_seconds + run.quantize_seconds, run.verify_seconds
@@ -286,7 +289,8 @@ def int8_from_onnx(
 
 
 class _Attempts:
-    """Quantize with given FP32 modules (calibration ranges computed once) and verify, or measure."""
+    """Quantize with given layers in FP32 besides `options.fp32_modules` (calibration ranges computed
+    once) and verify."""
 
     def __init__(self, fp32, folder, calibration, tiles, test, num_classes, reference, options, log) -> None:
         self.fp32, self.folder, self.calibration, self.tiles, self.test = fp32, folder, calibration, tiles, test
@@ -296,22 +300,22 @@ class _Attempts:
         self.last: Path | None = None  # the model of the last verification
         self.first: Path | None = None  # the model with only `options.fp32_modules` in FP32
 
-    def quantize(self, modules: tuple[str, ...], name: str) -> Path:
+    def quantize(self, layers: tuple[str, ...], name: str) -> Path:
         start = time.perf_counter()
         path = self.folder / name
-        quantize_onnx(self.fp32, path, self.calibration, replace(self.options, fp32_modules=modules),
+        quantize_onnx(self.fp32, path, self.calibration, replace(self.options, fp32_layers=layers),
                       calibration_cache=self.cache)  # fmt: skip
         self.quantize_seconds += time.perf_counter() - start
         return path
 
-    def verify(self, modules: tuple[str, ...]) -> VerificationReport:
+    def verify(self, layers: tuple[str, ...]) -> VerificationReport:
         o = self.options
         first = self.first is None
-        path = self.quantize(modules, "first.onnx" if first else "int8.onnx")
+        path = self.quantize(layers, "first.onnx" if first else "int8.onnx")
         if first:
             self.first = path
             self.log(f"quantized to INT8 ({o.method}, {o.tiles} train tiles of {o.tile_size} px, FP32 modules: "
-                     f"{', '.join(modules) or 'none'}) in {self.quantize_seconds:.1f} s")  # fmt: skip
+                     f"{', '.join(o.fp32_modules + layers) or 'none'}) in {self.quantize_seconds:.1f} s")  # fmt: skip
         start = time.perf_counter()
         report = verify_int8(path, self.fp32, self.tiles, self.test, self.num_classes, o.min_agreement,
                              o.max_f1_delta, reference=self.reference)  # fmt: skip
@@ -324,51 +328,49 @@ def mixed_precision(
     run: _Attempts, options: Int8Options, first: VerificationReport, log: Callable[[str], None]
 ) -> SearchResult:
     """Rank the quantized layers by sensitivity, then keep the fewest most sensitive in FP32 that pass."""
+    import onnx
     import onnxruntime as ort
 
     from segcls.core.model_info import disabled_optimizers
 
-    base = options.fp32_modules
-    layers = [layer for layer in conv_layers(run.fp32, options.tile_size) if not _covered(layer.module, base)]
+    model = onnx.load(str(run.fp32))
+    kept = set(nodes_in_modules(model, options.fp32_modules))
+    layers = quantized_layers(model, QUANTIZED_OPS, kept, conv_macs(run.fp32, options.tile_size))
     probe_tiles = run.calibration[: options.sensitivity_tiles]
     log(f"missed verification: measuring the sensitivity of each of {len(layers)} quantized layers on "
         f"{len(probe_tiles)} calibration tiles")  # fmt: skip
-    fp32 = _session(ort, run.fp32, None)
-    ref_labels, ref_probs = fp32.run(["labels", "probs"], {INPUT_NAME: probe_tiles})
+    ref_labels, ref_probs = _session(ort, run.fp32, None).run(["labels", "probs"], {INPUT_NAME: probe_tiles})
 
-    def measure(extra: tuple[str, ...]) -> tuple[float, float]:
-        path = run.quantize(base + extra, "probe.onnx")
-        labels, probs = _session(ort, path, disabled_optimizers("int8", ["CPUExecutionProvider"])).run(
-            ["labels", "probs"], {INPUT_NAME: probe_tiles}
-        )
+    def measure(fp32_layers: tuple[str, ...]) -> tuple[float, float]:
+        path = run.quantize(fp32_layers, "probe.onnx")
+        session = _session(ort, path, disabled_optimizers("int8", ["CPUExecutionProvider"]))
+        labels, probs = session.run(["labels", "probs"], {INPUT_NAME: probe_tiles})
         return float((labels == ref_labels).mean()), float(np.abs(probs - ref_probs).mean())
 
-    all_int8 = measure(())
     ranked = rank_layers(layers, measure, progress=True)
-    log(f"labels agreement on those tiles with one layer back in FP32 (all quantized: {all_int8[0]:.4f}): "
-        + ", ".join(f"{s.layer.module} {s.agreement:.4f}" for s in ranked))  # fmt: skip
-    return search_fp32(base, ranked, run.verify, options.max_fp32, first, log)
+    log("labels agreement on those tiles with one layer alone quantized: "
+        + ", ".join(f"{s.layer.name} {s.agreement:.4f}" for s in ranked))  # fmt: skip
+    return search_fp32(ranked, run.verify, options.max_fp32, first, log)
 
 
-def describe_fp32(run: _Attempts, search: SearchResult | None, log: Callable[[str], None]) -> None:
-    """Which layers ship in FP32, their share of the network's multiply-adds, and (when the search added
-    some) the speed they cost, measured against the model without them."""
-    modules = search.fp32_modules if search is not None else run.options.fp32_modules
-    layers = conv_layers(run.fp32, run.options.tile_size)
-    share = macs_share(layers, modules)
-    line = f"FP32 layers: {', '.join(modules) or 'none'} ({share:.1%} of the convolutions' multiply-adds)"
-    if search is not None and search.added:
+def describe_fp32(run: _Attempts, layers: tuple[str, ...], log: Callable[[str], None]) -> None:
+    """What ships in FP32, its share of the network's multiply-adds, and (when the search kept layers in
+    FP32) the speed they cost, measured against the model without them."""
+    import onnx
+
+    o = run.options
+    model = onnx.load(str(run.fp32))
+    nodes = nodes_in_modules(model, o.fp32_modules) + layer_nodes(model, QUANTIZED_OPS, layers)
+    share = macs_share(conv_macs(run.fp32, o.tile_size), nodes)
+    line = f"FP32: {', '.join(o.fp32_modules + layers) or 'nothing'} ({share:.1%} of the convolutions' multiply-adds)"
+    if layers:
         _, first, shipped = relative_speed([run.fp32, run.first, run.last], SPEED_TILE)
         line += (f"; speed at {SPEED_TILE} px (ONNX Runtime CPU, batch 1, alternating rounds): {shipped:.2f}x FP32, "
-                 f"against {first:.2f}x with only {', '.join(run.options.fp32_modules) or 'none'} in FP32")  # fmt: skip
+                 f"against {first:.2f}x without the {len(layers)} layer(s) the search kept in FP32")  # fmt: skip
     log(line)
 
 
 SPEED_TILE = 512  # px: the tile the cost of the FP32 layers is timed on
-
-
-def _covered(module: str, scopes: tuple[str, ...]) -> bool:
-    return any(module == s or module.startswith(s + ".") for s in scopes)
 
 
 def _session(ort, path: Path, disabled: list[str] | None):

@@ -14,11 +14,10 @@ from segcls.core.cpu import CpuInfo, cpu_info, read_cpu_info
 from segcls.core.errors import ModelError, SegclsError
 from segcls.runtime.backends import BackendOutput, open_backend
 from segcls.runtime.backends.check import compare
+from segcls.runtime.backends.openvino import OpenVinoBackend
 from segcls.runtime.backends.precision import run_precision
 
 pytest.importorskip("openvino")
-
-from segcls.runtime.backends.openvino import OpenVinoBackend  # noqa: E402 - after the skip
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +113,7 @@ def test_check_judges_labels_agreement_at_the_precision_bar():
     assert not compare(got, ref, "bf16", "fp32", "openvino CPU", 1).passed  # needs 99.5 %
     assert compare(got, ref, "int8", "int8", "openvino CPU", 1).passed  # needs 99 %
     off.flat[:6] = 0
-    off.flat[:1] = 1  # 0.1 %
+    off.flat[:2] = 1  # 0.2 %
     assert not compare(got, ref, "fp32", "fp32", "openvino CPU", 1).passed  # needs 99.9 %
     assert compare(ref, ref, "fp32", "fp32", "openvino CPU", 1).passed
 

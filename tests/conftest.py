@@ -37,3 +37,12 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"gpu test skipped on a machine that must run it (SEGCLS_REQUIRE_GPU=1): {reason}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """What segcls keeps under ~/.cache/segcls (TensorRT engines, OpenVINO's compiled models, the backend
+    `--backend auto` measured) goes to a folder of this test session, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield

@@ -149,3 +149,20 @@ def test_the_real_probe_measures_every_candidate(model):
     assert measured[1].check.startswith("verification (fp32, openvino CPU vs ONNX Runtime fp32")
     assert all(m.tiles_per_s and m.tiles_per_s > 0 for m in measured if m.passed)
     assert np.isfinite([m.tiles_per_s for m in measured if m.passed]).all()
+
+
+def test_the_real_probe_opens_a_model_in_its_own_precision(model, tmp_path):
+    """An INT8 model is probed as INT8 on both backends (a copy of the FP32 graph labelled int8 will do)."""
+    pytest.importorskip("openvino")
+    import onnx
+
+    proto = onnx.load(str(model))
+    for prop in proto.metadata_props:
+        if prop.key == "segcls.precision":
+            prop.value = "int8"
+    onnx.save(proto, str(tmp_path / "m.int8.onnx"))
+    found = candidates(tmp_path / "m.int8.onnx", None, BOTH)
+    assert found == [("onnxruntime", "int8"), ("openvino", "int8")]
+    measured = probe_backends(tmp_path / "m.int8.onnx", found, threads=1, sessions=1, tile=32, log=lambda m: None)
+    assert [m.passed for m in measured] == [True, True], [m.check for m in measured]
+    assert "needs >= 0.99)" in measured[1].check  # the INT8 bar

@@ -219,7 +219,8 @@ def probe_backends(
     try:
         for name, precision in found:
             try:
-                kwargs = {"precision": precision, "threads": threads, "sessions": sessions}
+                asked = None if precision == exported else precision  # as exported, or what was asked (bf16)
+                kwargs = {"precision": asked, "threads": threads, "sessions": sessions}
                 backend = open_backend(model, name, check=False, **kwargs)
             except SegclsError as e:
                 measured.append(Measured(name, precision, False, str(e)))

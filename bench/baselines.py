@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,11 @@ WINDOW_OVERLAP = 1 / 16
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set of this process so far: `latency.peak_rss_mb` (VmHWM, not ru_maxrss, which a
+    child inherits from the process that started it: the benchmark's parent, which opened the models)."""
+    from segcls.bench.latency import peak_rss_mb as own_peak
+
+    return own_peak()
 
 
 def _session(model: Path):

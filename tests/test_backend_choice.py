@@ -55,7 +55,7 @@ def test_the_fastest_backend_is_chosen_and_kept(model, tmp_path, rates, winner):
     assert again.backend == winner and again.cached
     assert [m.tiles_per_s for m in again.measured] == [rates["onnxruntime"], rates["openvino"]]
     entry = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert entry["choice"]["backend"] == winner and entry["choice"]["tile"] == 64
+    assert entry["entry"]["backend"] == winner and entry["entry"]["tile"] == 64
     assert f"auto: {winner} fp32" in again.line() and "measured earlier on this machine" in again.line()
 
 

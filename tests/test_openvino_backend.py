@@ -95,7 +95,7 @@ def test_bf16_is_checked_against_fp32_before_use(model, cache):
     try:
         backend = open_backend(model, "openvino", precision="bf16", log=lines.append, cache_dir=cache)
     except ModelError as e:  # a random network has near ties: its BF16 may miss 99.5 %, and is then refused
-        assert "failed verification: labels agreement" in str(e)
+        assert "failed verification on openvino bf16: labels agreement" in str(e)
     else:
         assert backend.precision == "bf16"
         backend.close()
@@ -168,3 +168,16 @@ def test_the_runtime_imports_and_names_the_extra_without_openvino(model):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0
     assert "BackendUnavailableError: openvino is not installed: pip install 'segcls[openvino]'" in done.stderr
+
+
+def test_the_check_runs_once_per_model_and_machine(model, tmp_path):
+    """The second load reads the kept result: no ONNX Runtime beside it again."""
+    from segcls.runtime.backends.check import cached_check
+
+    lines = []
+    with OpenVinoBackend(model, threads=1, cache_dir=tmp_path / "ov") as ov:
+        first = cached_check(ov, model, tmp_path / "checks", lines.append)
+        again = cached_check(ov, model, tmp_path / "checks", lines.append)
+    assert first.passed and not first.cached and again.cached and again.summary == first.summary
+    assert lines[1] == f"{first.summary} (checked earlier on this machine)"
+    assert len(list((tmp_path / "checks").glob("*.json"))) == 1

@@ -55,7 +55,8 @@ def open_backend(
     fp32|fp16|bf16 (default fp16 on CUDA, fp32 on the CPU). An .onnx file with `backend="tensorrt"` runs on
     an engine built for it on first use and kept in `~/.cache/segcls/engines/` (for `tile` x `tile`
     inputs, up to `batch` per call). OpenVINO's outputs are checked against ONNX Runtime's on the same file
-    before it is used (`check.check_backend`; the report goes to `log`; `check=False` skips it). Other
+    before it is used (`check.cached_check`: once per model, precision, CPU and versions; the line goes to
+    `log`; `check=False` skips it). Other
     keyword arguments go to the backend's constructor (e.g. `threads`, and `sessions`: ONNX Runtime's
     sessions, OpenVINO's streams).
     """
@@ -95,12 +96,12 @@ def open_backend(
     instance = cls(model_path, **kwargs)
     instance.load()
     if kind == "openvino" and check:
-        from segcls.runtime.backends.check import check_backend
+        from segcls.runtime.backends.check import cached_check
 
         try:
-            report = check_backend(instance, model_path)
-            log(report.summary())
-            report.raise_if_failed(model_path, ModelError)
+            result = cached_check(instance, model_path, log=log)
+            if not result.passed:
+                raise ModelError(f"{model_path} failed verification on {kind} {instance.precision}: {result.failed}")
         except BaseException:
             instance.close()
             raise

@@ -9,10 +9,15 @@ compared: the same precision on another runtime needs that precision's own label
 bar: no calibration either). Class scores and probabilities are reported, not judged: OpenVINO's FP32
 kernels sum in another order, so its FP32 probabilities differ from ONNX Runtime's by more than the
 export's 1e-4 without a label changing.
+
+The result is kept per model, backend, precision, CPU and library versions (`cached_check`), so the check
+costs one load, not every load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,7 @@ from segcls.core.verification import (
     tissue_like_images,
 )
 from segcls.runtime.backends.base import Backend, BackendOutput
+from segcls.runtime.backends.measured import cache_folder, measurement_key, read_entry, write_entry
 
 CHECK_TILES = 8
 CHECK_SHAPE = (256, 320)  # (H, W): not square, so a swapped H/W fails
@@ -74,3 +80,32 @@ def check_backend(backend: Backend, model: Path, tiles: np.ndarray | None = None
     ref = reference_outputs(Path(model), tiles, getattr(backend, "threads", None))
     exported = backend.info.precision if getattr(backend, "info", None) is not None else "fp32"
     return compare(got, ref, backend.precision or exported, exported, f"{backend.name} CPU", len(tiles))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    passed: bool
+    summary: str  # the verification line
+    failed: str  # the figures that missed, "" when it passed
+    cached: bool = False
+
+
+def cached_check(
+    backend: Backend, model: Path, cache_dir: Path | None = None, log: Callable[[str], None] = lambda message: None
+) -> CheckResult:
+    """`check_backend`, once per model, backend, precision, CPU and library versions (`measured.py`): a
+    later load reads the result instead of running ONNX Runtime beside the backend again. Logs the line."""
+    key = measurement_key(Path(model), backend=backend.name, precision=backend.precision, tiles=CHECK_TILES,
+                          shape=CHECK_SHAPE)  # fmt: skip
+    path = Path(cache_dir or cache_folder("checks")) / f"{key}.json"
+    entry = read_entry(path)
+    if entry is not None and {"passed", "summary", "failed"} <= set(entry):
+        result = CheckResult(bool(entry["passed"]), str(entry["summary"]), str(entry["failed"]), cached=True)
+        log(f"{result.summary} (checked earlier on this machine)")
+        return result
+    report = check_backend(backend, model)
+    failed = "; ".join(str(f) for f in report.figures if not f.passed)
+    result = CheckResult(report.passed, report.summary(), failed)
+    write_entry(path, {"passed": result.passed, "summary": result.summary, "failed": result.failed})
+    log(result.summary)
+    return result

@@ -16,27 +16,23 @@ Where ONNX Runtime has a GPU provider, "auto" is ONNX Runtime: OpenVINO runs on 
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from segcls.core.atomic import atomic_path
 from segcls.core.cpu import cpu_info
 from segcls.core.errors import BackendUnavailableError, ModelError, SegclsError
-from segcls.core.hashing import file_sha256
 from segcls.core.model_info import read_model_info
-from segcls.runtime.backends.precision import run_precision
+from segcls.runtime.backends.measured import cache_folder, library_version, measurement_key, read_entry, write_entry
+from segcls.runtime.backends.precision import require_bf16, run_precision
 
 PROBE_ROUNDS = 3
 PROBE_BATCHES = 2  # batches of `sessions` tiles per backend per round
 CANDIDATES = ("onnxruntime", "openvino")  # the backends that run an .onnx on the CPU
-CACHE_VERSION = 1
 
 
 @dataclass
@@ -113,7 +109,7 @@ def installed_backends() -> tuple[str, ...]:
         names.append("onnxruntime")
     except ImportError:
         pass
-    if _version("openvino") is not None:
+    if library_version("openvino") is not None:
         names.append("openvino")
     return tuple(names)
 
@@ -139,6 +135,8 @@ def choose_backend(
     model = Path(model)
     found = candidates(model, precision, installed)
     if not found:
+        if precision == "bf16":
+            require_bf16(cpu_info())  # the CPU's lack, where that is the reason
         asked = precision or read_model_info(model).precision
         raise BackendUnavailableError(
             f"no installed backend runs {model.name} in {asked} on this CPU: --precision bf16 needs OpenVINO "
@@ -146,10 +144,14 @@ def choose_backend(
         )
     if len(found) == 1:
         return BackendChoice(found[0][0], found[0][1], tile)
-    path = Path(cache_dir or default_cache()) / f"{choice_key(model, precision, found, threads, sessions, tile)}.json"
-    cached = read_choice(path)
-    if cached is not None:
-        return cached
+    key = measurement_key(model, precision=precision, candidates=found, threads=threads, sessions=sessions, tile=tile)
+    path = Path(cache_dir or cache_folder("backends")) / f"{key}.json"
+    entry = read_entry(path)
+    if entry is not None:
+        try:
+            return replace(BackendChoice.from_dict(entry), cached=True)
+        except (KeyError, TypeError, ValueError):
+            pass  # measure again
     names = ", ".join(f"{b} {p}" for b, p in found)
     log(f"--backend auto: timing {names} on {model.name} ({tile} px tiles), once for this model and machine")
     measured = (probe or probe_backends)(model, found, threads, sessions, tile, log)
@@ -159,51 +161,7 @@ def choose_backend(
         raise ModelError(f"no backend runs {model.name} as verified: {failed}")
     best = max(passed, key=lambda m: m.tiles_per_s)
     choice = BackendChoice(best.backend, best.precision, tile, measured)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "choice": choice.to_dict()}, indent=2) + "\n")
-    return choice
-
-
-def default_cache() -> Path:
-    from segcls.core.engine import cache_root  # torch-free
-
-    return cache_root() / "backends"
-
-
-def choice_key(
-    model: Path, precision: str | None, found: list[tuple[str, str]], threads: int, sessions: int, tile: int
-) -> str:
-    """What a measured choice depends on: the model's bytes, the asked precision, the candidates, the CPU's
-    model and flags, the libraries' versions, and how the run uses the cores."""
-    import hashlib
-
-    cpu = cpu_info()
-    fields = {
-        "model_sha256": file_sha256(model),
-        "precision": precision,
-        "candidates": found,
-        "cpu": cpu.model,
-        "flags": sorted(cpu.flags),
-        "versions": {name: _version(name) for name in ("segcls", "onnxruntime", "openvino")},
-        "threads": threads,
-        "sessions": sessions,
-        "tile": tile,
-    }
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-    return f"{fields['model_sha256'][:16]}-{digest[:16]}"
-
-
-def read_choice(path: Path) -> BackendChoice | None:
-    """A choice measured earlier, or None where there is none (or it is unreadable: measure again)."""
-    try:
-        data = json.loads(path.read_text())
-        if data.get("version") != CACHE_VERSION:
-            return None
-        choice = BackendChoice.from_dict(data["choice"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    choice.cached = True
+    write_entry(path, choice.to_dict())
     return choice
 
 
@@ -212,7 +170,7 @@ def probe_backends(
 ) -> list[Measured]:
     """Open, check and time each candidate (rounds alternate them; median tiles/s), then close them all."""
     from segcls.runtime.backends import open_backend
-    from segcls.runtime.backends.check import check_backend
+    from segcls.runtime.backends.check import cached_check
 
     exported = read_model_info(model).precision
     opened, measured = [], []
@@ -228,9 +186,8 @@ def probe_backends(
             if name == "onnxruntime" and precision == exported:
                 m = Measured(name, precision, True, "the reference (the runtime the export verified)")
             else:
-                report = check_backend(backend, model)
-                m = Measured(name, precision, report.passed, report.summary())
-                log(report.summary())
+                result = cached_check(backend, model, log=log)
+                m = Measured(name, precision, result.passed, result.summary)
             measured.append(m)
             if m.passed:
                 opened.append((backend, m))
@@ -255,10 +212,3 @@ def probe_backends(
         for backend, _ in opened:
             backend.close()
     return measured
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

@@ -196,6 +196,17 @@ def segcls_run(
     }
 
 
+def open_only(model: str | Path, mpp: float | None, options: dict, precision: str | None) -> dict:
+    """Open the model as `segcls_run` does, then close it: what a first open measures or compiles (`--backend
+    auto`'s probe, OpenVINO's compiled model) is cached for the timed runs."""
+    from segcls.runtime.pipeline import InferOptions, open_model
+
+    start = time.perf_counter()
+    opts = InferOptions(mpp=mpp, progress=False, **options)
+    open_model(model, opts.backend, sessions=opts.sessions, precision=precision, tile=opts.tile).close()
+    return {"seconds": time.perf_counter() - start}
+
+
 def _tiles_run(slide_path, backend, opts) -> tuple:
     """(plan, grid, the tiles the pipeline runs), by the pipeline's own choices."""
     from segcls.runtime.plan import plan_tiles
@@ -235,8 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mpp", type=float)
     p.add_argument("--options", default="{}", help="segcls only: InferOptions fields as JSON")
     p.add_argument("--precision", help="segcls only: as segcls-infer --precision")
+    p.add_argument("--open-only", action="store_true", help="segcls only: open the model as the run would, no more")
     args = p.parse_args(argv)
-    if args.method == "segcls":
+    if args.method == "segcls" and args.open_only:
+        result = open_only(args.model, args.mpp, json.loads(args.options), args.precision)
+    elif args.method == "segcls":
         options = json.loads(args.options)
         result = segcls_run(args.slide, args.model, args.out, args.mpp, options, precision=args.precision)
     else:

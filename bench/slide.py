@@ -60,9 +60,11 @@ def run_method(
     mpp: float | None,
     options: dict,
     before: dict | None = None,
+    open_only: bool = False,
 ) -> dict:
     """One method in a fresh Python process; its JSON line plus the wall time seen from outside. `model`
-    may name a backend and precision for segcls (`ModelRun`)."""
+    may name a backend and precision for segcls (`ModelRun`); `open_only`: segcls only opens the model, as
+    its run would (`--backend auto`'s probe and OpenVINO's compilation are then cached) and writes nothing."""
     run = model if isinstance(model, ModelRun) else ModelRun(Path(model))
     if method == "before":  # segcls with other settings (`before`), for a before/after in one run
         method, options = "segcls", {**options, **(before or DEFAULT_BEFORE)}
@@ -75,6 +77,8 @@ def run_method(
         cmd += ["--options", json.dumps(options)]
     if method == "segcls" and run.precision:
         cmd += ["--precision", run.precision]
+    if open_only:
+        cmd += ["--open-only"]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -117,7 +121,7 @@ def bench_slide(
     runs_of = {m: (main if m in ("segcls", "before") else ModelRun(baseline)) for m in methods}
     runs_of |= {str(v): v for v in extra}
     for run in (main, *extra):  # untimed: auto's measurement and OpenVINO's compilation go to their caches
-        warm_up(run, mpp, options or {})
+        run_method("segcls", slide, run, Path(tempfile.gettempdir()) / "unused.tif", mpp, options or {}, open_only=True)
     runs: dict[str, list[dict]] = {m: [] for m in runs_of}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep_masks or tmp)
@@ -130,21 +134,11 @@ def bench_slide(
     result = summarize(slide, main.path, {m: runs[m] for m in methods}, rounds, options or {})
     result["model_run"] = str(main)
     result["variants"] = {str(v): summarize_variant(runs[str(v)], runs) for v in extra}
-    result["runs"] |= {str(v): runs[str(v)] for v in extra}
+    result.setdefault("runs", {}).update({str(v): runs[str(v)] for v in extra})
     if "before" in runs:
         result["before"] = before
     result["baseline_model"] = str(baseline)
     return result
-
-
-def warm_up(run: ModelRun, mpp: float | None, options: dict) -> None:
-    """Open segcls' model as its run will, once: `--backend auto`'s probe and OpenVINO's compiled model are
-    cached then, so that no timed round pays for them."""
-    from segcls.runtime.options import InferOptions
-    from segcls.runtime.pipeline import open_model
-
-    opts = InferOptions(mpp=mpp, progress=False, **{**options, **({"backend": run.backend} if run.backend else {})})
-    open_model(run.path, opts.backend, sessions=opts.sessions, precision=run.precision, tile=opts.tile).close()
 
 
 def summarize_variant(variant: list[dict], runs: dict[str, list[dict]]) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _runtime_models import exported_onnx, tissue_image
 
-from segcls.core.errors import BackendUnavailableError, ModelError
+from segcls.core.errors import BackendUnavailableError, ModelError, SegclsError
 from segcls.runtime.backends.choice import BackendChoice, Measured, candidates, choose_backend, probe_backends
 from segcls.runtime.options import InferOptions
 from segcls.runtime.pipeline import infer_slide, open_model
@@ -94,10 +94,23 @@ def test_one_candidate_is_chosen_without_a_probe(model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bf16_needs_openvino(model, tmp_path):
+def test_bf16_needs_openvino_and_a_cpu_with_bf16(model, tmp_path):
+    """Without OpenVINO, BF16 is refused naming the extra; on a CPU without BF16, naming what it lacks."""
+    from segcls.core.cpu import cpu_info
+
     assert candidates(model, "bf16", ("onnxruntime",)) == []
-    with pytest.raises(BackendUnavailableError, match=r"pip install 'segcls\[openvino\]'"):
+    error, message = (
+        (BackendUnavailableError, r"runs on OpenVINO, which is not installed: pip install 'segcls\[openvino\]'")
+        if cpu_info().bf16
+        else (SegclsError, "needs a CPU with AVX512-BF16 or AMX")
+    )
+    with pytest.raises(error, match=message):
         choose_backend(model, "bf16", threads=1, sessions=1, installed=("onnxruntime",), cache_dir=tmp_path)
+
+
+def test_a_precision_no_backend_runs_is_refused_in_the_words_of_onnx_runtime(model, tmp_path):
+    with pytest.raises(SegclsError, match="segcls-export --fp16"):
+        choose_backend(model, "fp16", threads=1, sessions=1, installed=BOTH, cache_dir=tmp_path)
 
 
 def test_choice_round_trips_through_its_dict():

@@ -134,14 +134,14 @@ def choose_backend(
     """
     model = Path(model)
     found = candidates(model, precision, installed)
-    if not found:
+    if not found:  # say why, in the words of what refused
         if precision == "bf16":
-            require_bf16(cpu_info())  # the CPU's lack, where that is the reason
-        asked = precision or read_model_info(model).precision
-        raise BackendUnavailableError(
-            f"no installed backend runs {model.name} in {asked} on this CPU: --precision bf16 needs OpenVINO "
-            "(pip install 'segcls[openvino]')"
-        )
+            require_bf16(cpu_info())
+            raise BackendUnavailableError(
+                "--precision bf16 runs on OpenVINO, which is not installed: pip install 'segcls[openvino]'"
+            )
+        run_precision("onnxruntime", model, read_model_info(model).precision, precision, cpu_info())
+        raise BackendUnavailableError("neither onnxruntime nor openvino is installed: pip install onnxruntime")
     if len(found) == 1:
         return BackendChoice(found[0][0], found[0][1], tile)
     key = measurement_key(model, precision=precision, candidates=found, threads=threads, sessions=sessions, tile=tile)

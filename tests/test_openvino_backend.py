@@ -181,3 +181,22 @@ def test_the_check_runs_once_per_model_and_machine(model, tmp_path):
     assert first.passed and not first.cached and again.cached and again.summary == first.summary
     assert lines[1] == f"{first.summary} (checked earlier on this machine)"
     assert len(list((tmp_path / "checks").glob("*.json"))) == 1
+
+
+def test_a_signal_after_two_backends_were_closed_is_handled(model, tmp_path):
+    """Each openvino.Core's CPU plugin swaps the thread's signal stack and puts back the one it found; two
+    Cores closed in the order they were made left an unmapped one, and the next signal (Ctrl-C, SIGTERM)
+    crashed the process. All backends share one Core."""
+    code = (
+        "import os, signal, numpy as np\n"
+        "from segcls.runtime.backends.openvino import OpenVinoBackend\n"
+        f"first = OpenVinoBackend({str(model)!r}, threads=1, cache_dir={str(tmp_path)!r}).__enter__()\n"
+        f"second = OpenVinoBackend({str(model)!r}, threads=1, streams=2, cache_dir={str(tmp_path)!r}).__enter__()\n"
+        "for b in (first, second):\n"
+        "    b.infer(np.zeros((1, 32, 32, 3), np.uint8)); b.close()\n"
+        "del first, second\n"
+        "signal.signal(signal.SIGTERM, lambda *a: print('handled', flush=True))\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "handled" in done.stdout, (done.returncode, done.stderr[-500:])

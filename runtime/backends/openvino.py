@@ -22,6 +22,7 @@ normalisation, softmax and argmax run as exported.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,6 +43,17 @@ def import_openvino():
     except ImportError:
         raise BackendUnavailableError("openvino is not installed: pip install 'segcls[openvino]'") from None
     return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def shared_core():
+    """One `openvino.Core` for the process, kept to its end.
+
+    Each Core loads its own CPU plugin, and the plugin gives the thread that creates it an alternate signal
+    stack (for AMX state), restoring the one it found when it is destroyed. Two Cores destroyed in the
+    order they were made leave the thread on a stack already unmapped, and the next signal handled there
+    (a Ctrl-C, a SIGTERM) crashes the process: seen with an FP32 and a BF16 backend closed in turn."""
+    return import_openvino().Core()
 
 
 def default_cache() -> Path:
@@ -78,7 +90,7 @@ class OpenVinoBackend(Backend):
         self._ports: list = []  # the compiled model's outputs, in OUTPUT_NAMES order
 
     def load(self) -> None:
-        ov = import_openvino()
+        import_openvino()  # one line naming the extra where it is missing
         info = read_model_info(self.path)  # refuses files without segcls metadata before OpenVINO parses
         if info.is_engine:
             raise ModelError(f"{self.path} is a TensorRT engine; OpenVINO runs the exported .onnx")
@@ -86,9 +98,9 @@ class OpenVinoBackend(Backend):
         threads = max(self.threads or available_cores(), self.streams)
         cache = self.cache_dir or default_cache()
         cache.mkdir(parents=True, exist_ok=True)
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(cache)})
+        core = shared_core()
         config = {
+            "CACHE_DIR": str(cache),
             "INFERENCE_PRECISION_HINT": OPENVINO_HINTS.get(precision, "f32"),  # INT8/FP16 files: the rest in FP32
             "NUM_STREAMS": str(self.streams),
             "INFERENCE_NUM_THREADS": str(threads),

@@ -79,32 +79,20 @@ def backend_only(backend, batches: list[np.ndarray]) -> dict:
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for package in ("segcls", "numpy", "onnxruntime", "onnxruntime-gpu", "openslide-python", "openslide-bin",
-                    "tifffile", "torch", "tensorrt"):  # fmt: skip
+                    "tifffile", "torch", "tensorrt", "openvino"):  # fmt: skip
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
     return out
 
 
-# Instruction sets that change ONNX Runtime's CPU kernels: FP32 convolutions use AVX-512 where it is there,
-# INT8 ones VNNI (several times AVX2's int8 throughput), so figures only compare on the same set.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-
-
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields: dict[str, str] = {}
-            for key, value in (line.split(":", 1) for line in f if ":" in line):
-                fields.setdefault(key.strip(), value.strip())  # the first CPU's
-        cpu = fields["model name"]
-        flags = set(fields.get("flags", "").split())
-    except (OSError, KeyError):
-        pass
+    """The CPU with the instruction sets its kernels depend on (`segcls.core.cpu`), cores, system, load."""
+    from segcls.core.cpu import cpu_info
+
+    cpu = cpu_info()
     return {
-        "cpu": cpu,
-        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cpu": cpu.model,
+        "isa": cpu.isa,
         "cores": os.cpu_count(),
         "system": platform.platform(),
         "loadavg": os.getloadavg(),

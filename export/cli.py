@@ -31,7 +31,6 @@ def _multiple(ctx, param, value: int) -> int:
 
 
 _FP32_DEFAULT = ",".join(Int8Options.fp32_modules)
-_FP32_FALLBACK = ", then ".join(",".join(m) for m in Int8Options.fallback_fp32)
 
 
 @command("segcls-export")
@@ -54,8 +53,15 @@ _FP32_FALLBACK = ", then ".join(",".join(m) for m in Int8Options.fallback_fp32)
     "--int8-fp32",
     "fp32_modules",
     metavar="MODULES",
-    help="Network modules kept in FP32, comma-separated ('' for none) [default: "
-    f"{_FP32_DEFAULT}; if the model then misses verification, also {_FP32_FALLBACK}].",
+    help=f"Network modules kept in FP32, comma-separated ('' for none) [default: {_FP32_DEFAULT}].",
+)
+@click.option(
+    "--int8-max-fp32",
+    "max_fp32",
+    type=click.IntRange(min=0),
+    default=Int8Options.max_fp32,
+    help="When the INT8 model misses verification: at most this many more layers (residual blocks, most "
+    "sensitive first) kept in FP32 until it passes; 0: --int8-fp32 exactly.",
 )
 @click.option("--trt", "build_trt", is_flag=True, help="Also build a TensorRT engine (needs a GPU).")
 @click.option(
@@ -85,6 +91,7 @@ def main(
     calib_tiles: int,
     calib_size: int,
     fp32_modules: str | None,
+    max_fp32: int,
     build_trt: bool,
     engine: Path | None,
     max_batch: int,
@@ -115,8 +122,8 @@ def main(
         check_output_path(engine, (".engine", ".plan", ".trt"))
         import_tensorrt()  # before the slow export: no TensorRT, nothing written
     with removed_on_failure(output, engine, engine and sidecar_path(engine)):
-        _export(checkpoint, output, int8, fp16, calibrate, Int8Options(calib_method, calib_tiles, calib_size),
-                fp32_modules, opset, verify_size, not quiet)  # fmt: skip
+        options = Int8Options(calib_method, calib_tiles, calib_size, max_fp32=max_fp32)
+        _export(checkpoint, output, int8, fp16, calibrate, options, fp32_modules, opset, verify_size, not quiet)
         if engine:
             from segcls.core.engine import build_engine
 
@@ -145,9 +152,9 @@ def _export(
     if int8:
         from segcls.export.quantize import export_int8
 
-        if fp32_modules is not None:  # exactly these, no fallback
+        if fp32_modules is not None:
             modules = tuple(m.strip() for m in fp32_modules.split(",") if m.strip())
-            options = replace(options, fp32_modules=modules, fallback_fp32=())
+            options = replace(options, fp32_modules=modules)
         result = export_int8(
             checkpoint, output, calibrate, options, opset=opset, verify_size=verify_size, log=click.echo,
             progress=progress,

@@ -50,13 +50,16 @@ def _extra_option(kind: str, what: str):
     "--backend",
     type=click.Choice(BACKENDS),
     default="auto",
-    help="auto: the backend for the model file, on the fastest device that really runs here.",
+    help="auto: for an .onnx the fastest of ONNX Runtime and OpenVINO that verifies on this machine (timed once "
+    "per model and machine, cached in ~/.cache/segcls/backends); else the backend of the model file, on the "
+    "fastest device that really runs here.",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="torch backend only [default: fp16 on CUDA, fp32 on the CPU]; fp32 is IEEE (no TF32), tf32 allows "
-    "TF32 on CUDA; exported models keep theirs.",
+    help="[default: an exported model's own; torch: fp16 on CUDA, fp32 on the CPU] bf16: an FP32 .onnx on "
+    "OpenVINO, on CPUs with AVX512-BF16 or AMX, checked against FP32 before use; torch: fp32 is IEEE (no TF32), "
+    "tf32 allows TF32 on CUDA.",
 )
 @click.option("--batch", default=4, help="Tiles per inference call.")
 @click.option("--tile", default=1024, help="Tile side at the read resolution, px: a multiple of 16.")

@@ -60,7 +60,7 @@ class ModelSpec:
 
     path: Path
     backend: str = "auto"
-    precision: str | None = None  # the torch backend's
+    precision: str | None = None  # None: the model's own (torch: fp16 on CUDA); bf16: OpenVINO on an FP32 .onnx
     tile: int = 1024  # a TensorRT engine built for an .onnx: its tile and largest batch
     batch: int = 4
     sessions: int | str = "auto"

@@ -34,6 +34,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from tqdm import tqdm
 from segcls.core.atomic import atomic_path, check_writable
 from segcls.core.errors import DamagedTileError, SlideError
 from segcls.runtime.backends import Backend, backend_for, open_backend
+from segcls.runtime.backends.choice import BackendChoice, choose_backend
 from segcls.runtime.cores import available_cores, cpu_sessions, reader_budget
 from segcls.runtime.feed import TileFeed
 from segcls.runtime.mask_writer import MaskWriter
@@ -102,7 +104,7 @@ def infer_slide(
             if backend.description is None:
                 backend.load()
         else:
-            backend = stack.enter_context(open_model(model, opts.backend, sessions=opts.sessions))
+            backend = stack.enter_context(open_model(model, opts.backend, sessions=opts.sessions, tile=opts.tile))
         try:
             return _run(slide, backend, outputs, opts, mask_writer)
         except DamagedTileError as e:
@@ -111,19 +113,40 @@ def infer_slide(
 
 
 def open_model(
-    model_path: str | Path, backend: str = "auto", threads: int | None = None, sessions: int | str = "auto", **kwargs
+    model_path: str | Path,
+    backend: str = "auto",
+    threads: int | None = None,
+    sessions: int | str = "auto",
+    *,
+    precision: str | None = None,
+    tile: int = 1024,
+    log: Callable[[str], None] = lambda message: None,
+    choose: Callable[..., BackendChoice] = choose_backend,
+    **kwargs,
 ) -> Backend:
-    """`open_backend` with the thread budget the pipeline plans with: ONNX Runtime gets `threads`, by
-    default every core, split over `sessions` (`cores.cpu_sessions`) that run tiles side by side on the CPU
-    (other backends ignore both).
+    """`open_backend` with the thread budget the pipeline plans with, and `--backend auto` measured.
+
+    A CPU backend of an .onnx (ONNX Runtime, OpenVINO) gets `threads`, by default every core, split over
+    `sessions` (`cores.cpu_sessions`) that run tiles side by side (ONNX Runtime sessions, OpenVINO
+    streams). With `backend="auto"` an .onnx runs on the fastest backend that verifies on this machine at
+    `precision` (`choice.choose_backend`, measured on `tile` px inputs once per model and machine, then
+    cached; `choose` is that function); the choice goes to `log` and to `Backend.choice` (the summary).
 
     ORT's default is the physical-core count, which a container's CPU share or SMT can make wrong; the
     readers take their share of the cores through `reader_budget`, not by shrinking the backend's.
     """
-    if backend in ("auto", "onnxruntime") and backend_for(model_path) == "onnxruntime":
-        kwargs["threads"] = threads or available_cores()
-        kwargs["sessions"] = cpu_sessions(sessions, kwargs["threads"])
-    return open_backend(model_path, backend, **kwargs)
+    choice = None
+    if backend in ("auto", "onnxruntime", "openvino") and backend_for(model_path) == "onnxruntime":
+        threads = threads or available_cores()
+        sessions = cpu_sessions(sessions, threads)
+        if backend == "auto":
+            choice = choose(model_path, precision, threads=threads, sessions=sessions, tile=tile, log=log)
+            backend = choice.backend
+            log(choice.line())
+        kwargs |= {"threads": threads, "sessions": sessions}
+    instance = open_backend(model_path, backend, precision=precision, tile=tile, log=log, **kwargs)
+    instance.choice = choice.to_dict() if choice is not None else None
+    return instance
 
 
 def _run(slide, backend: Backend, outputs: dict[str, Path], opts: InferOptions, mask_writer) -> SlideResult:

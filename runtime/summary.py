@@ -78,6 +78,8 @@ def summarize(run: SlideRun) -> dict:
         "tiles_per_s": round(len(tiles) / seconds, 2) if seconds else None,
         "infer_tiles_per_s": round(len(tiles) / infer, 2) if infer else None,
         "backend": run.backend.name,
+        "precision": run.backend.precision,
+        "backend_choice": run.backend.choice,  # how --backend auto chose it: what each candidate measured
         "readers": run.readers,
         "device": run.backend.device,
         "damaged_tiles": [
@@ -95,7 +97,21 @@ def result_line(summary: dict, mask: Path) -> str:
     truth = f", macro F1 {s['truth']['macro_f1']:.4f} vs truth" if "truth" in s else ""
     damaged = len(s["damaged_tiles"])
     skipped = f", {damaged} damaged tile{'s' * (damaged != 1)} left unlabelled" if damaged else ""
+    precision = f" {s['precision']}" if s.get("precision") else ""
     return (
         f"{Path(s['slide']).name}: {s['tiles']['run']} tiles in {s['timings_s']['total']:.1f} s "
-        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']} on {s['device']}{truth}{skipped}) -> {mask}"
+        f"({s['tiles_per_s'] or 0:.1f} tiles/s, {s['backend']}{precision} on {s['device']}"
+        f"{choice_text(s.get('backend_choice'))}{truth}{skipped}) -> {mask}"
     )
+
+
+def choice_text(choice: dict | None) -> str:
+    """ ", auto: fastest of openvino 10.70, onnxruntime 6.01 tiles/s" for a backend that --backend auto chose."""
+    if not choice:
+        return ""
+    timed = [m for m in choice.get("measured", []) if m.get("tiles_per_s")]
+    if not timed:
+        return ", auto: the only backend for it here"
+    rates = ", ".join(f"{m['backend']} {m['tiles_per_s']:.2f}" for m in sorted(timed, key=lambda m: -m["tiles_per_s"]))
+    failed = [m["backend"] for m in choice.get("measured", []) if not m.get("passed")]
+    return f", auto: fastest of {rates} tiles/s" + (f"; {', '.join(failed)} failed its check" if failed else "")

@@ -46,3 +46,12 @@ def pytest_runtest_makereport(item, call):
         _fail_the_skip(report, "browser", "SEGCLS_REQUIRE_BROWSER")
     elif os.environ.get("SEGCLS_REQUIRE_GPU") == "1" and item.get_closest_marker("gpu") and _allowed_skip(item) is None:
         _fail_the_skip(report, "gpu", "SEGCLS_REQUIRE_GPU")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """What segcls keeps under ~/.cache/segcls (TensorRT engines, OpenVINO's compiled models, the backend
+    `--backend auto` measured) goes to a folder of this test session, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield

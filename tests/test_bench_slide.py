@@ -54,6 +54,7 @@ def test_bench_slide_json_has_its_keys(model, tmp_path):
     out = tmp_path / "bench.json"
     args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "-o", str(out)]
     args += ["--option", "tile=256", "--option", "overlap=32", "--methods", "plain,window,before"]
+    args += ["--model", f"{model}@onnxruntime"]  # segcls again, its backend named: a variant in the same rounds
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     result = json.loads(out.read_text())
@@ -75,7 +76,14 @@ def test_bench_slide_json_has_its_keys(model, tmp_path):
     stages = result["segcls_stages_s"]
     assert set(stages) >= {"read+decode (reader threads)", "tissue", "inference", "stitch", "write", "total"}
     assert result["environment"]["versions"]["onnxruntime"]
+    (variant,) = result["variants"].values()
+    assert list(result["variants"]) == [f"{model}@onnxruntime"] and variant["backend"] == "onnxruntime"
+    assert variant["precision"] == "fp32" and variant["tiles"] == result["segcls"]["tiles"]
+    for key in ("speedup_vs_plain_loop", "segcls_over_this", "e2e_over_backend", "seconds"):
+        assert variant[key]["median"] > 0
+    assert result["segcls"]["precision"] == "fp32" and "backend_choice" in result["segcls"]
     assert "speedup vs plain loop" in out.with_suffix(".md").read_text()
+    assert f"| {model.name}@onnxruntime | onnxruntime | fp32 |" in out.with_suffix(".md").read_text()
 
 
 def test_bench_slide_before_runs_its_own_options_and_refuses_bad_ones(model, tmp_path):
@@ -121,7 +129,12 @@ def test_baselines_run_the_baseline_model(monkeypatch, tmp_path):
     import segcls.bench.slide as bench
 
     ran = []
-    monkeypatch.setattr(bench, "run_method", lambda method, slide, model, *a: ran.append((method, model.name)))
+
+    def run_method(method, slide, model, *args, open_only=False):
+        if not open_only:  # the untimed open before the rounds
+            ran.append((method, model.path.name))
+
+    monkeypatch.setattr(bench, "run_method", run_method)
     monkeypatch.setattr(bench, "summarize", lambda *a: {})
     result = bench.bench_slide(CMU, "int8.onnx", rounds=2, methods=("segcls", "plain"), baseline_model="fp32.onnx")
     assert ran == [("segcls", "int8.onnx"), ("plain", "fp32.onnx"), ("plain", "fp32.onnx"), ("segcls", "int8.onnx")]

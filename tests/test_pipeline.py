@@ -188,6 +188,7 @@ def test_summary_json(backend, image, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["size"] == [624, 480] and s["mpp"] == 2.0 and s["level"] == 0
     assert s["backend"] == "onnxruntime" and s["device"] == "CPUExecutionProvider"
+    assert s["precision"] == "fp32" and s["backend_choice"] is None  # a backend opened by name, not by auto
     assert set(s["timings_s"]) >= {"read", "infer", "stitch", "write", "total"}
     assert s["slide_class"]["class"] in ("background", "benign", "tumour")
     # every label-map pixel is one of the classes: areas add up to the slide's area

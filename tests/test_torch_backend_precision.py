@@ -52,10 +52,12 @@ def test_bad_precision(checkpoint, tmp_path):
         TorchBackend(checkpoint, precision="int4")
 
 
-def test_precision_is_refused_for_exported_models(tmp_path):
-    onnx = tmp_path / "m.onnx"
-    onnx.write_bytes(b"")
-    with pytest.raises(SegclsError, match="--precision is for the torch backend"):
+def test_another_precision_is_refused_for_exported_models(tmp_path):
+    """ONNX Runtime runs an exported model in the precision it was exported with (backends/precision.py)."""
+    from test_export_tensorrt import _onnx
+
+    onnx = _onnx(tmp_path / "m.onnx", precision="fp32")
+    with pytest.raises(SegclsError, match=r"onnxruntime runs m.onnx in the precision it was exported with \(fp32\)"):
         open_backend(onnx, precision="fp16")
 
 

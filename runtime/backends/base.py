@@ -28,6 +28,8 @@ class Backend(ABC):
 
     def __init__(self) -> None:
         self.description: ModelDescription | None = None
+        self.precision: str | None = None  # what the network computes in, once loaded: fp32|fp16|bf16|int8
+        self.choice: dict | None = None  # how `--backend auto` chose this backend (`choice.BackendChoice`)
 
     @abstractmethod
     def load(self) -> None:

@@ -143,6 +143,7 @@ class OnnxRuntimeBackend(Backend):
             for _ in range(self.sessions - 1):
                 self._idle.put(self._open_session(ort, providers, names, threads))
             self._pool = ThreadPoolExecutor(self.sessions, thread_name_prefix="segcls-ort")
+        self.precision = self.info.precision
         self.description = self.info.description
 
     def _open_session(self, ort, providers: list, names: list[str], threads: int | None):

@@ -92,7 +92,7 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self.info, self.description = info, info.description
+        self.info, self.description, self.precision = info, info.description, info.precision
 
     def _load_engine(self, trt, info: ModelInfo) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)

@@ -14,7 +14,7 @@ on them side by side. One session's threads meet at a barrier after every operat
 mask writer that takes one core for a moment stalls all of them; N sessions stall only that one. On
 2 cores beside the slide pipeline's readers and mask writer, 2 sessions of 1 thread ran a dense slide
 1.06x (FP32) and 1.21x (INT8) faster than 1 session of 2 threads, in less memory (one tile per run:
-453 MB against 659 MB peak RSS) (bench/results/cpu-2core-slide-dense-*-v3.md).
+453 MB against 659 MB peak RSS) (bench/results/cpu-2core-avx512-slide-dense-*.md).
 """
 
 from __future__ import annotations

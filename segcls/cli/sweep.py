@@ -68,7 +68,7 @@ def _settings(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     help="seg: vary s over S,S+C,S+C* (macro F1); cls: vary c over C,S+C,S*+C (classification accuracy).",
 )
 @click.option("--settings", default=None, help="Comma-separated settings [default: all of the task's].")
-@click.option("--fractions", default=None, help="Comma-separated s (or c), each from 0 to 1 [default: the paper's 14].")
+@click.option("--fractions", default=None, help="Comma-separated s (or c) in [0, 1] [default: the paper's 14].")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per (setting, fraction) [default: 5].")
 @click.option("--quick", is_flag=True, help=f"Preset for a CPU: s in 0,5,10,100 %, {_preset_text(QUICK)}.")
 @click.option(

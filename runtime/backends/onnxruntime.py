@@ -108,7 +108,7 @@ class OnnxRuntimeBackend(Backend):
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {', '.join(missing)} (it has {', '.join(available)}): "
-                "pip install 'segcls[gpu-cu12]' (see the README's GPU section)"
+                "pip install 'segcls[gpu-cu12]' (see docs/gpu.md)"
             )
         providers = [(p, provider_options(p, self.device_id)) for p in names]
         for _, opts in providers:  # the TensorRT EP writes its engine and timing caches there
@@ -162,7 +162,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = None
             raise BackendUnavailableError(
                 f"ONNX Runtime lists {wanted} but could not start it (CUDA/cuDNN/TensorRT libraries missing or "
-                f"not matching; the session would run on {running[0]}); see the README's GPU section"
+                f"not matching; the session would run on {running[0]}); see docs/gpu.md"
             )
         self.fallback = wanted
         warnings.warn(f"ONNX Runtime could not start {wanted}; running on {running[0]}", RuntimeWarning, stacklevel=3)

@@ -15,7 +15,7 @@ TORCH_PIN := $(shell grep -oE '^torch==[^ ]+' requirements-cpu.txt)
 $(BIN)/segcls-train: pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --retries 0 --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH_PIN)'
+	$(BIN)/pip install -q --retries 2 --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH_PIN)'
 	$(BIN)/pip install -q -r requirements-cpu.txt -e '.[train,export,prepare,view,docs,dev]'
 	@touch $@
 

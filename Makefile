@@ -30,7 +30,7 @@ lint: setup
 # command reference into an error. Output in site/. NO_MKDOCS_2_WARNING: Material's banner about its end of
 # life (2027-05) and its successor, printed on every build; the pins hold until the site moves.
 docs: setup
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings --strict counts
 
 test: setup lint docs
 	$(BIN)/python -m pytest -q

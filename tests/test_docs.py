@@ -56,3 +56,13 @@ def test_readme_stays_short():
     assert len(lines) <= 150, f"README.md has {len(lines)} lines: move detail into docs/"
     long = [i + 1 for i, line in enumerate(lines) if len(line) > 110]
     assert not long, f"README.md lines over 110 characters: {long}"
+
+
+def test_readme_links_resolve():
+    """The README is read on its own (GitHub, PyPI): its relative links must name files of the repository."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "no relative links found: the pattern is wrong"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"

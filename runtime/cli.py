@@ -55,7 +55,8 @@ def _extra_option(kind: str, what: str):
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="torch backend only [default: fp16 on CUDA, fp32 on the CPU]; exported models keep theirs.",
+    help="torch backend only [default: fp16 on CUDA, fp32 on the CPU]; fp32 is IEEE (no TF32), tf32 allows "
+    "TF32 on CUDA; exported models keep theirs.",
 )
 @click.option("--batch", default=4, help="Tiles per inference call.")
 @click.option("--tile", default=1024, help="Tile side at the read resolution, px: a multiple of 16.")

@@ -6,6 +6,8 @@ blue exists only as labeled/ images (image-level labels). So blue can be learnt 
 alone: a run that drops it cannot tell blue tiles from the others.
 """
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from _data_helpers import write_dataset
 from _train_helpers import COLOURS
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from segcls.core.constants import UNLABELLED
 from segcls.data.augment import normalize
@@ -203,3 +206,38 @@ def test_epoch_stats_count_tiles_and_time(dataset, tmp_path):
     assert 0.8 * wall <= stats["seconds"] <= wall  # the epoch is all that ran
     assert stats["tiles_per_s"] * stats["seconds"] == pytest.approx(2 * (2 + 2))  # 2 steps of 2 SEG + 2 CLS tiles
     assert stats["loss"] == pytest.approx(stats["seg_loss"] + stats["cls_loss"], rel=1e-5)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the tensor -> Python number reads (`.item()`, `float(t)`: aten::_local_scalar_dense, a host
+    sync on CUDA) made by segcls/train.py's own lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            frame = sys._getframe(1)  # up through torch's private dispatch machinery to the line that asked
+            while frame and f"{os.sep}torch{os.sep}_" in frame.f_code.co_filename:
+                frame = frame.f_back
+            self.count += bool(frame and frame.f_code.co_filename.endswith(os.path.join("segcls", "train.py")))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_syncs_with_the_device_only_to_log(dataset, tmp_path):
+    """Losses are summed where they are made and read back once per LOG_EVERY steps (progress bar) and
+    per epoch: each read of a device tensor is a host sync on CUDA (the optimizer's and the augmentation's
+    reads are of CPU tensors). The steps run with cuDNN autotuning on (one tile size), restored after."""
+    trainer = _trainer(dataset, tmp_path, setting="S+C*", mode="two-step", steps_per_epoch=2, batch_size=2)
+    trainer.log_every = 1  # the default, LOG_EVERY, is 10
+    seen = []
+    trainer.model.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    before = torch.backends.cudnn.benchmark
+    for progress, syncs in ((False, 0), (True, 2)):
+        trainer.progress = progress
+        with _HostReads() as reads:
+            stats = trainer.train_epoch()
+        assert reads.count == syncs, f"{reads.count} host syncs in 2 steps (progress {progress})"
+        assert stats["loss"] == pytest.approx(stats["seg_loss"] + stats["cls_loss"], rel=1e-5)
+    assert seen and all(seen) and torch.backends.cudnn.benchmark == before

@@ -16,7 +16,7 @@ from segcls.core.model_info import ENGINE_SUFFIXES
 from segcls.runtime.backends.base import Backend, BackendOutput
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-PRECISIONS = ("fp32", "fp16", "bf16")  # the torch backend's
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")  # the torch backend's; fp32 is IEEE, tf32 allows TF32 (CUDA)
 _BY_SUFFIX = {".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch"} | dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendOutput", "backend_for", "open_backend"]

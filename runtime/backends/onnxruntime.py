@@ -7,7 +7,9 @@ provider asked for by name and not running is refused; in "auto" the fallback is
 
 On a GPU provider the batch goes in through IO binding and the outputs stay on the device: labels and
 class scores are copied back every batch, probs only when read (`LazyArray`). The TensorRT provider
-builds FP16 engines and keeps them, and its timing cache, in `~/.cache/segcls/ort-tensorrt/`.
+builds FP16 engines and keeps them, and its timing cache, in `~/.cache/segcls/ort-tensorrt/`. Both search
+per input shape (cuDNN's EXHAUSTIVE algorithm search, an engine build), so on a GPU provider a batch
+smaller than the largest so far (the last of a slide) is padded up to it: one input shape per run.
 
 On the CPU provider `sessions=N` opens N sessions of threads / N threads each and runs different tiles
 on them side by side. One session's threads meet at a barrier after every operator, so a reader or the
@@ -79,10 +81,12 @@ class OnnxRuntimeBackend(Backend):
         device_id: int = 0,
         io_binding: bool | None = None,
         sessions: int = 1,
+        pad: bool | None = None,
     ) -> None:
         """`io_binding`: None = on a GPU provider only (where it saves copies); True also on the CPU.
         `sessions`: on the CPU provider, that many sessions sharing `threads` run tiles side by side (a
-        GPU provider, or IO binding, gets one)."""
+        GPU provider, or IO binding, gets one). `pad`: None = on a GPU provider only: a batch smaller than
+        the largest so far of its tile size runs padded up to it (`shapes_run` lists what ran)."""
         super().__init__()
         if sessions < 1:
             raise SegclsError(f"ONNX Runtime sessions must be >= 1, got {sessions}")
@@ -94,6 +98,10 @@ class OnnxRuntimeBackend(Backend):
         self.io_binding = io_binding
         self._output_device: str | None = None  # where IO binding leaves the outputs; None = no binding
         self.threads = threads
+        self.pad = pad
+        self._pad = False  # decided by load(): pad on a GPU provider
+        self._largest: tuple[int, ...] | None = None  # the largest batch shape run so far (when padding)
+        self.shapes_run: set[tuple[int, ...]] = set()  # input shapes the session ran
         self.session = None  # the first session; GPU providers and single calls of one tile run on it
         self._pool: ThreadPoolExecutor | None = None  # one thread per session, when there are several
         self._idle: queue.SimpleQueue = queue.SimpleQueue()  # sessions not running a tile
@@ -126,6 +134,7 @@ class OnnxRuntimeBackend(Backend):
                 f"outputs {', '.join(OUTPUT_NAMES)}, found inputs {inputs} and outputs {sorted(outputs)}"
             )
         on_gpu = self.session.get_providers()[0] in GPU_PROVIDERS
+        self._pad = on_gpu if self.pad is None else self.pad
         if self.io_binding is not False and (on_gpu or self.io_binding):
             self._output_device = "cuda" if on_gpu else "cpu"
         if several and not on_gpu:
@@ -169,11 +178,25 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, batch: np.ndarray) -> BackendOutput:
         feed = np.ascontiguousarray(batch, dtype=np.uint8)
+        if self._pool is not None and len(feed) > 1 and self._output_device is None:
+            return _gathered(self._submit(feed))
+        n, feed = len(feed), self._padded(feed)
+        self.shapes_run.add(feed.shape)
         if self._output_device is not None:
-            return self._infer_bound(feed)
-        if self._pool is None or len(feed) == 1:
-            return BackendOutput(*self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: feed}))
-        return _gathered(self._submit(feed))
+            return self._infer_bound(feed, n)
+        return BackendOutput(*(out[:n] for out in self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: feed})))
+
+    def _padded(self, batch: np.ndarray) -> np.ndarray:
+        """`batch`, or with blank tiles after it up to the largest batch so far of its tile size (padding)."""
+        if not self._pad:
+            return batch
+        largest = self._largest
+        if largest is None or largest[1:] != batch.shape[1:] or largest[0] < len(batch):
+            self._largest = batch.shape
+            return batch
+        if len(batch) == largest[0]:
+            return batch
+        return np.concatenate([batch, np.zeros((largest[0] - len(batch), *batch.shape[1:]), np.uint8)])
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[BackendOutput]:
         """With several sessions: every tile is a task for the next idle session, and up to sessions + 1
@@ -202,20 +225,23 @@ class OnnxRuntimeBackend(Backend):
 
     def _run_on_idle(self, tile: np.ndarray) -> list[np.ndarray]:
         session = self._idle.get()  # the pool has a thread per session: one is always idle here
+        self.shapes_run.add(tile.shape)
         try:
             return session.run(list(OUTPUT_NAMES), {INPUT_NAME: tile})
         finally:
             self._idle.put(session)
 
-    def _infer_bound(self, batch: np.ndarray) -> BackendOutput:
-        """IO binding: the input copied in by ORT, the outputs allocated on the device and left there."""
+    def _infer_bound(self, batch: np.ndarray, n: int) -> BackendOutput:
+        """IO binding: the input copied in by ORT, the outputs allocated on the device and left there; the
+        first `n` tiles' outputs are returned (the others are padding)."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_NAME, batch)
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self._output_device, self.device_id)
         self.session.run_with_iobinding(binding)
         labels, probs, scores = binding.get_outputs()  # OrtValues, in the order bound
-        return BackendOutput(labels.numpy(), LazyArray(probs.numpy, tuple(probs.shape())), scores.numpy())
+        lazy_probs = LazyArray(lambda: probs.numpy()[:n], (n, *probs.shape()[1:]))
+        return BackendOutput(labels.numpy()[:n], lazy_probs, scores.numpy()[:n])
 
     @property
     def device(self) -> str:

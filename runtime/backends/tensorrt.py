@@ -192,6 +192,8 @@ class TensorRTBackend(Backend):
         return BackendOutput(*(slot.host[name][: slot.size] for name in OUTPUT_NAMES))
 
     def close(self) -> None:
+        if self._cuda is not None:  # a run still queued must end before its context is released
+            self._cuda.drain()
         self._context = self._engine = self._runtime = None  # TensorRT objects go before their memory
         if self._cuda is not None:
             self._cuda.close()

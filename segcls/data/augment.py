@@ -10,7 +10,9 @@
   and pulled back by a later step differ slightly. Hue is a rotation of the chroma plane in YIQ space
   (not an RGB -> HSV round trip): it keeps luma and is close to an HSV hue shift for moderate angles.
 - Normalisation: `(rgb / 255 - mean) / std` (`segcls.core.description`).
-All randomness comes from the `generator` passed in, so a seeded generator gives the same batch.
+All randomness comes from the `generator` passed in, so a seeded generator gives the same batch. A torchrun
+rank augments only its share of a global batch (`share`, `batch_size`): it takes the whole batch's random
+draws and keeps its rows', so its tiles come out as they would from augmenting the whole batch.
 """
 
 from __future__ import annotations
@@ -40,20 +42,30 @@ def augment_batch(
     mean: Sequence[float],
     std: Sequence[float],
     *,
+    share: slice | None = None,
+    batch_size: int | None = None,
     geometry: bool = True,
     brightness: float = 0.25,
     contrast: float = 0.75,
     saturation: float = 0.25,
     hue: float = 0.04,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, T, T, 3) tiles + uint8 (B, T, T) masks -> normalised float32 (B, 3, T, T), int64 (B, T, T)."""
+    """uint8 (B, T, T, 3) tiles + uint8 (B, T, T) masks -> normalised float32 (B, 3, T, T), int64 (B, T, T).
+
+    With `share`, the tiles are the rows `share` of a batch of `batch_size` (draws for all, rows for these)."""
     if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
         raise ValueError(f"expected images (B, T, T, 3) and masks (B, T, T), got {images.shape} and {masks.shape}")
     if images.shape[1] != images.shape[2]:
         raise ValueError(f"tiles must be square for 90-degree rotations, got {images.shape[1]}x{images.shape[2]}")
+    n, rows = len(images), slice(None)
+    if share is not None:
+        n, rows = batch_size, share
+        if batch_size is None or len(range(batch_size)[share]) != len(images):
+            raise ValueError(f"{len(images)} tiles are not the rows {share} of a batch of {batch_size}")
     if geometry:
-        images, masks = _dihedral(images, masks, _randint(8, len(images), generator, images.device))
-    x = _jitter(_to_nchw(images), generator, brightness, contrast, saturation, hue)
+        images, masks = _dihedral(images, masks, _randint(8, n, generator, images.device)[rows])
+    factors = [f[rows] for f in _jitter_factors(n, generator, images.device, brightness, contrast, saturation, hue)]
+    x = _jitter(_to_nchw(images), *factors)
     return _standardize(x, mean, std), masks.to(torch.int64)
 
 
@@ -96,21 +108,21 @@ def _dihedral(images: torch.Tensor, masks: torch.Tensor, codes: torch.Tensor) ->
     return out_images, out_masks
 
 
-def _jitter(
-    x: torch.Tensor,
-    generator: torch.Generator | None,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-) -> torch.Tensor:
-    """Colour jitter of float (B, 3, H, W) with values 0..255 -> [0, 1], one affine map per tile (see the
-    module docstring)."""
-    n, device = len(x), x.device
+def _jitter_factors(
+    n: int, generator: torch.Generator | None, device, brightness: float, contrast: float, saturation: float, hue: float
+) -> tuple[torch.Tensor, ...]:
+    """The brightness, contrast, saturation and hue draws of `n` tiles (float64), in that order."""
     b = _uniform(n, max(0.0, 1 - brightness), 1 + brightness, generator, device)
     c = _uniform(n, max(0.0, 1 - contrast), 1 + contrast, generator, device)
     s = _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, device)
     h = _uniform(n, -hue, hue, generator, device)
+    return b, c, s, h
+
+
+def _jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Colour jitter of float (B, 3, H, W) with values 0..255 -> [0, 1], one affine map per tile from its
+    factors (see the module docstring)."""
+    n, device = len(x), x.device
     yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64, device=device)
     luma = yiq[0]
     # Saturation: s * p + (1 - s) * luma(p), i.e. s * I + (1 - s) * 1 luma^T.

@@ -176,7 +176,7 @@ def test_gpu_wheels_start_afresh_and_carry_only_what_the_gpu_machine_lacks(tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     pins = dict(line.split()[0].split("==") for line in (REPO / "requirements-cpu.txt").read_text().splitlines()
                 if "==" in line)  # fmt: skip
-    wanted = ["openslide-bin", "openslide-python", "imagecodecs", "pytest-timeout"]
+    wanted = ["openslide-bin", "openslide-python", "imagecodecs", "simplejpeg", "pytest-timeout"]
     assert sorted(p.name for p in dest.glob("*.whl")) == sorted(f"{p}-{pins[p]}-py3-none-any.whl" for p in wanted)
     (args,) = log.read_text().splitlines()  # one download, no `pip wheel .` of segcls
     assert args.startswith("-m pip download") and "--python-version 3.12" in args and "--no-deps" in args

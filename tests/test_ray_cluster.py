@@ -1,5 +1,5 @@
-"""The README's hand-started cluster, on this machine: `ray start --head`, `ray start --address HEAD` (a second
-raylet), token authentication as Ray 2.59+ turns it on, then `segcls-infer ... --ray auto`.
+"""The hand-started cluster of docs/tutorials/ray.md, on this machine: `ray start --head`, `ray start --address
+HEAD` (a second raylet), token authentication as Ray 2.59+ turns it on, then `segcls-infer ... --ray auto`.
 
 With RAY_AUTH_MODE=token and the head's token given to every process, the cohort runs and its masks equal the
 local run's; without the token, the join is refused in one line that names authentication.

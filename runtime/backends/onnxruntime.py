@@ -16,7 +16,7 @@ on them side by side. One session's threads meet at a barrier after every operat
 mask writer that takes one core for a moment stalls all of them; N sessions stall only that one. On
 2 cores beside the slide pipeline's readers and mask writer, 2 sessions of 1 thread ran a dense slide
 1.06x (FP32) and 1.21x (INT8) faster than 1 session of 2 threads, in less memory (one tile per run:
-453 MB against 659 MB peak RSS) (bench/results/cpu-2core-slide-dense-*-v3.md).
+453 MB against 659 MB peak RSS) (bench/results/cpu-2core-avx512-slide-dense-*.md).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class OnnxRuntimeBackend(Backend):
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {', '.join(missing)} (it has {', '.join(available)}): "
-                "pip install 'segcls[gpu-cu12]' (see the README's GPU section)"
+                "pip install 'segcls[gpu-cu12]' (see docs/gpu.md)"
             )
         providers = [(p, provider_options(p, self.device_id)) for p in names]
         for _, opts in providers:  # the TensorRT EP writes its engine and timing caches there
@@ -172,7 +172,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = None
             raise BackendUnavailableError(
                 f"ONNX Runtime lists {wanted} but could not start it (CUDA/cuDNN/TensorRT libraries missing or "
-                f"not matching; the session would run on {running[0]}); see the README's GPU section"
+                f"not matching; the session would run on {running[0]}); see docs/gpu.md"
             )
         self.fallback = wanted
         warnings.warn(f"ONNX Runtime could not start {wanted}; running on {running[0]}", RuntimeWarning, stacklevel=3)

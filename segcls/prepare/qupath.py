@@ -15,7 +15,7 @@ What QuPath writes, read from its source (qupath-core `qupath.lib.io`: `PathIO.r
 - Geometry: Polygon (shell + holes, any ring orientation), MultiPolygon, GeometryCollection, and the
   non-area types LineString / MultiLineString / Point / MultiPoint.
 
-What is imported, and how (the conventions are the README's QuPath section):
+What is imported, and how (the conventions are in docs/tutorials/qupath.md):
 
 - Annotations with an area only; detections, cells, tiles, TMA cores, points and lines are skipped and
   counted; unclassified annotations are counted and left out.

@@ -231,3 +231,13 @@ def test_a_tissue_mask_file_needs_no_detection_thumbnail(tmp_path):
     opts.progress = False
     infer_slide(slide, colour(), tmp_path / "m.tif", opts)
     assert slide.asked == [(2048, 2048)]  # the overlay's only
+
+
+def test_geojson_of_a_slide_without_mpp_needs_one_only_for_an_area_threshold(tmp_path):
+    slide = ArraySlide(halves(), mpp=None)
+    opts = InferOptions(level=0, tile=128, overlap=16, tissue="none", geojson=tmp_path / "m.geojson", progress=False)
+    infer_slide(slide, colour(), tmp_path / "m.tif", opts)
+    assert json.loads((tmp_path / "m.geojson").read_text())["type"] == "FeatureCollection"
+    opts.geojson_min_area = 10.0
+    with pytest.raises(SlideError, match=r"--geojson-min-area is in um\^2 but array.svs has no mpp: pass --slide-mpp"):
+        infer_slide(slide, colour(), tmp_path / "n.tif", opts)

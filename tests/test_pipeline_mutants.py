@@ -250,3 +250,38 @@ def test_by_default_a_cpu_backend_runs_tiles_cut_down_to_their_tissue(tmp_path):
     s = infer_slide(ArraySlide(image), colour(), tmp_path / "m.tif", opts).summary
     assert s["options"]["trim"] is True and s["tiles"]["run"] == 1
     assert s["tiles"]["input_mpx"] < 0.5 * 256 * 256 / 1e6
+
+
+class BigSlide:
+    """A 16384 x 8192 slide at the model's 2 um/px (no pixels held): glass with one red blob at the top left.
+    Its label map is 2048 px wide, so tissue is detected on a full 2048 px thumbnail."""
+
+    mpp, path, level_count, level_downsamples = 2.0, "big.svs", 1, (1.0,)
+    dimensions = (16384, 8192)
+    level_dimensions = ((16384, 8192),)
+    BLOB = 512  # level-0 px
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int]] = []
+
+    def get_thumbnail(self, max_size):
+        self.asked.append(tuple(max_size))
+        f = max(self.dimensions) // max(max_size)
+        thumb = np.full((self.dimensions[1] // f, self.dimensions[0] // f, 3), 245, np.uint8)
+        thumb[: self.BLOB // f, : self.BLOB // f] = RED
+        return thumb
+
+    def read_region(self, location, level, size):
+        (x, y), (w, h) = location, size
+        out = np.full((h, w, 3), 245, np.uint8)
+        out[max(0, -y) : max(0, self.BLOB - y), max(0, -x) : max(0, self.BLOB - x)] = RED
+        return out
+
+
+def test_the_overlay_reuses_a_full_size_detection_thumbnail(tmp_path):
+    slide = BigSlide()
+    opts = InferOptions(tile=512, overlap=32, out_mpp=64.0, overlay=tmp_path / "o.png", progress=False)
+    result = infer_slide(slide, colour(), tmp_path / "m.tif", opts)
+    assert slide.asked == [(2048, 2048)]
+    assert 0 < result.summary["tiles"]["run"] <= 4 and (result.labels[8:56, 8:56] == 0).all()
+    assert Image.open(tmp_path / "o.png").size[1] == 1024  # drawn on that thumbnail (a legend beside it)

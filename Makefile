@@ -45,7 +45,7 @@ MODULES ?=
 MUTATE_ARGS ?=
 mutate: setup
 	$(BIN)/python -c 'import cosmic_ray' 2>/dev/null || $(BIN)/pip install -q -e '.[mutate]'
-	nice -n 10 $(BIN)/python scripts/mutate.py $(MUTATE_ARGS) $(MODULES)
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python scripts/mutate.py $(MUTATE_ARGS) $(MODULES)  # busy cores: torch threads spin
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build site *.egg-info mutation

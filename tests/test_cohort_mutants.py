@@ -22,6 +22,7 @@ from test_pipeline import ColourBackend
 from segcls.core.errors import SegclsError
 from segcls.runtime.cohort import (
     CSV_FIELDS,
+    SlideJob,
     SlideRow,
     infer_cohort,
     make_folders,
@@ -31,6 +32,7 @@ from segcls.runtime.cohort import (
     write_table,
 )
 from segcls.runtime.pipeline import InferOptions
+from segcls.runtime.ray_runner import RayRunner
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 OPTIONS = InferOptions(tile=128, overlap=16, batch=1, slide_mpp=2.0, progress=False)
@@ -56,10 +58,10 @@ ROWS = [
 def test_the_table_and_cohort_csv(tmp_path):
     text = write_table(tmp_path, ROWS, 4.0)
     assert text.splitlines() == [
-        "slide          status    seconds   tiles  tiles/s",
-        "a.svs          done          1.2       12     9.60",
-        "long-name.svs  skipped         -        -        -",
-        "c.svs          failed        0.5        -        -  cannot open c.svs",
+        "slide          status    seconds   tiles  tiles/s  tries",
+        "a.svs          done          1.2       12     9.60      -",
+        "long-name.svs  skipped         -        -        -      -",
+        "c.svs          failed        0.5        -        -      -  cannot open c.svs",
         f"3 slides: 1 done, 1 skipped, 1 failed in 4.0 s, 0.250 slides/s -> {tmp_path / 'cohort.csv'}",
     ]
     with open(tmp_path / "cohort.csv", newline="") as f:
@@ -67,7 +69,7 @@ def test_the_table_and_cohort_csv(tmp_path):
     assert tuple(rows[0]) == CSV_FIELDS
     assert rows[0] == {
         "slide": "/data/a.svs", "status": "done", "seconds": "1.25", "tiles": "12", "tiles_per_s": "9.6",
-        "mask": "/out/a.mask.tif", "worker": "host:1", "error": "",
+        "mask": "/out/a.mask.tif", "worker": "host:1", "attempts": "0", "error": "",
     }  # fmt: skip
     assert [r["status"] for r in rows] == ["done", "skipped", "failed"] and rows[1]["seconds"] == ""
     assert [p.name for p in tmp_path.iterdir()] == ["cohort.csv"]  # written atomically: no temporary left
@@ -76,7 +78,10 @@ def test_the_table_and_cohort_csv(tmp_path):
 def test_the_table_of_short_names_and_no_rate_without_time_or_done_slides(tmp_path):
     short = [SlideRow("/d/a.b", "done", "/o/a.mask.tif", 2.0, 3, 1.5)]
     lines = write_table(tmp_path, short, 0.0).splitlines()
-    assert lines[:2] == ["slide  status    seconds   tiles  tiles/s", "a.b    done          2.0        3     1.50"]
+    assert lines[:2] == [
+        "slide  status    seconds   tiles  tiles/s  tries",
+        "a.b    done          2.0        3     1.50      -",
+    ]
     assert lines[-1] == f"1 slides: 1 done, 0 skipped, 0 failed in 0.0 s -> {tmp_path / 'cohort.csv'}"
     last = write_table(tmp_path, ROWS[1:], 2.0).splitlines()[-1]
     assert last.startswith("2 slides: 0 done, 1 skipped, 1 failed in 2.0 s -> ")
@@ -103,7 +108,7 @@ def test_pending_slides_redo_a_slide_with_any_output_missing_or_with_overwrite(t
     half = {"mask": tmp_path / "b.mask.tif", "summary": tmp_path / "b.json"}
     for p in (*done.values(), half["mask"]):
         p.touch()
-    plans = [(tmp_path / "a.svs", done), (tmp_path / "b.svs", half)]
+    plans = [SlideJob(tmp_path / "a.svs", done), SlideJob(tmp_path / "b.svs", half)]
     todo, skipped = pending_slides(plans, overwrite=False)
     assert todo == plans[1:]
     assert skipped == [SlideRow(str(tmp_path / "a.svs"), "skipped", str(done["mask"]))]
@@ -122,7 +127,7 @@ def test_run_slide_rows_a_success_and_a_failure_with_its_time_and_worker(tmp_pat
     backend = ColourBackend()
     backend.load()
     start = time.perf_counter()
-    row, line = run_slide(slides[0], backend, outputs, OPTIONS)
+    row, line = run_slide(SlideJob(slides[0], outputs), backend, OPTIONS)
     wall = time.perf_counter() - start
     assert not leftover.exists() and outputs["mask"].is_file()
     assert (row.slide, row.status, row.mask, row.error) == (str(slides[0]), "done", str(outputs["mask"]), "")
@@ -133,12 +138,12 @@ def test_run_slide_rows_a_success_and_a_failure_with_its_time_and_worker(tmp_pat
     failing = Failing()
     failing.load()
     start = time.perf_counter()
-    row, line = run_slide(slides[1], failing, {"mask": tmp_path / "y.mask.tif"}, OPTIONS)
+    row, line = run_slide(SlideJob(slides[1], {"mask": tmp_path / "y.mask.tif"}), failing, OPTIONS)
     wall = time.perf_counter() - start
     assert (row.status, row.error, row.tiles) == ("failed", "RuntimeError: out of memory", None)
     assert 0 <= row.seconds <= wall + 0.001 and row.worker.endswith(f":{os.getpid()}")
     assert line == f"Error: {slides[1]}: RuntimeError: out of memory"
-    row, _ = run_slide(tmp_path / "none.png", backend, {"mask": tmp_path / "n.mask.tif"}, OPTIONS)
+    row, _ = run_slide(SlideJob(tmp_path / "none.png", {"mask": tmp_path / "n.mask.tif"}), backend, OPTIONS)
     assert row.error.startswith("slide not found") and not row.error.startswith("SlideError")
 
 
@@ -146,7 +151,7 @@ def test_run_slide_rows_a_success_and_a_failure_with_its_time_and_worker(tmp_pat
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cpus_per_slide": 0}, "--ray-cpus must be > 0, got 0"),
+        ({"cpus": 0}, "--ray-cpus must be > 0, got 0"),
         ({"retries": -1}, "--ray-retries must be >= 0, got -1"),
         ({"workers": 0}, "--ray-workers must be >= 1, got 0"),
     ],
@@ -155,7 +160,7 @@ def test_ray_settings_are_checked_before_any_work(tmp_path, slides, kwargs, mess
     model = tmp_path / "m.onnx"
     model.touch()
     with pytest.raises(SegclsError) as error:
-        infer_cohort(slides, model, tmp_path / "out", OPTIONS, **kwargs)
+        infer_cohort(slides, model, tmp_path / "out", OPTIONS, runner=RayRunner(**kwargs))
     assert str(error.value) == message and not (tmp_path / "out").exists()
 
 
@@ -168,9 +173,9 @@ def test_a_cohort_of_finished_slides_starts_no_ray_and_says_so(tmp_path, slides,
     out.mkdir()
     for slide in slides:
         (out / f"{slide.stem}.mask.tif").touch()
-    rows = infer_cohort(slides, model, out, OPTIONS)
-    assert [r.status for r in rows] == ["skipped"] * 3
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = infer_cohort(slides, model, out, OPTIONS, runner=RayRunner())
+    assert [r.status for r in result.rows] == ["skipped"] * 3
+    last = result.table.splitlines()[-1]
     assert last == f"3 slides: 0 done, 3 skipped, 0 failed in 0.0 s -> {out / 'cohort.csv'}"
 
 
@@ -194,7 +199,7 @@ def test_on_a_cluster_with_a_gpu_each_worker_takes_one_and_errors_go_to_stderr(
     broken = tmp_path / "broken.svs"
     broken.write_text("not a slide")
     opts = InferOptions(**{**OPTIONS.__dict__, "progress": True})
-    rows = infer_cohort([slides[0], broken], model, tmp_path / "out", opts)
+    rows = infer_cohort([slides[0], broken], model, tmp_path / "out", opts, runner=RayRunner()).rows
     out, err = capfd.readouterr()
     assert [r.status for r in rows] == ["done", "failed"]
     assert "Ray: 2 slides on 1 workers (1 CPU, 1 GPU each)" in err
@@ -207,7 +212,7 @@ def test_on_a_cluster_with_a_gpu_each_worker_takes_one_and_errors_go_to_stderr(
 def test_workers_default_to_as_many_as_the_cpus_hold_without_gpus(tmp_path_factory, slides, ray_with_a_gpu, capfd):
     tmp_path = tmp_path_factory.mktemp("cpu")
     model = exported_onnx(tmp_path_factory)
-    rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS, cpus_per_slide=0.5, gpus_per_slide=0)
+    rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS, runner=RayRunner(cpus=0.5, gpus=0)).rows
     assert "Ray: 3 slides on 3 workers (0.5 CPU, 0 GPU each)" in capfd.readouterr().err
     assert [r.status for r in rows] == ["done"] * 3  # which worker takes which slide is the scheduler's choice
     assert np.all([(tmp_path / "out" / f"{s.stem}.mask.tif").is_file() for s in slides])

@@ -52,24 +52,6 @@ def _tifffile_messages() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-@contextlib.contextmanager
-def _tifffile_messages() -> Iterator[list[str]]:
-    """Collect what tifffile logs (e.g. `<tifffile.TiffPages @16> invalid page offset ...` on a truncated
-    file) instead of letting it reach the console before segcls's own error; `open_slide` turns it into
-    that error. Only the tifffile logger is touched, only while a slide is being opened."""
-    logger = logging.getLogger("tifffile")
-    messages: list[str] = []
-    handler = _Collect(messages)
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
 def _tifffile_sees_more(path: Path, openslide_levels: int) -> bool:
     """OME-TIFF, or a pyramid OpenSlide's generic TIFF reader misses (SubIFDs): tifffile reads it better."""
     import tifffile

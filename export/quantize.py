@@ -325,7 +325,7 @@ class _Attempts:
                      f"{', '.join(o.fp32_modules + layers) or 'none'}) in {self.quantize_seconds:.1f} s")  # fmt: skip
         start = time.perf_counter()
         report = verify_int8(path, self.fp32, self.tiles, self.test, self.num_classes, o.min_agreement,
-                             o.max_f1_delta, reference=self.reference)  # fmt: skip
+                             o.max_f1_delta, reference=self.reference, progress=self.progress)  # fmt: skip
         self.verify_seconds += time.perf_counter() - start
         self.last = path
         return report

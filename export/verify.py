@@ -128,6 +128,7 @@ def verify_int8(
     max_f1_delta: float = INT8_MAX_F1_DELTA,
     batch: int = 4,
     reference: Fp32Reference | None = None,
+    progress: bool = True,
 ) -> VerificationReport:
     """Compare the INT8 model with the FP32 one: labels on held-out `tiles` (uint8 NHWC), and macro F1 on
     the `test` (image, mask) pairs, whole images as `segcls.evaluate` scores them. `reference`: the FP32
@@ -140,14 +141,15 @@ def verify_int8(
     int8 = _cpu_session(int8_path, "int8")
     same = total = 0
     scores_diff = 0.0
-    for i, start in enumerate(tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False)):
+    starts = tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False, disable=not progress)
+    for i, start in enumerate(starts):
         got = int8.run(["labels", "probs", "class_scores"], {INPUT_NAME: tiles[start : start + batch]})
         ref_labels, ref_scores = reference.labels[i], reference.class_scores[i]
         _check_outputs(got[:1] + got[2:], [ref_labels, ref_scores], int8_path, ("labels", "class_scores"))
         same, total = same + int((got[0] == ref_labels).sum()), total + got[0].size
         scores_diff = max(scores_diff, float(np.abs(got[2] - ref_scores).max()))
     matrix = ConfusionMatrix(num_classes)
-    for image, mask in tqdm(test, desc="verify test F1", leave=False):
+    for image, mask in tqdm(test, desc="verify test F1", leave=False, disable=not progress):
         matrix.update(mask, predict_labels(int8, image))
     f1 = {"int8": float(matrix.scores().macro_f1), "fp32": reference.test_f1}
     report = VerificationReport("int8", reference="ONNX FP32")

@@ -9,7 +9,7 @@ predictor, argmax of the blended probabilities, `tifffile.imwrite`.
 Both write a uint8 label mask of the read frame's size (rows x columns = height x width of the slide
 resampled to the model's mpp). Run one in its own process with
 
-    python -m segcls.bench.baselines plain|window|segcls SLIDE MODEL OUT [--mpp X]
+    python -m segcls.bench.baselines plain|window|segcls SLIDE MODEL OUT [--mpp X] [--options JSON] [--precision P]
 
 which prints one JSON line (seconds, tiles, peak RSS), so `bench/slide.py` measures each in a fresh
 process; "segcls" runs `infer_slide` the same way, then times the backend alone and the readers alone on
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,11 @@ WINDOW_OVERLAP = 1 / 16
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set of this process so far: `latency.peak_rss_mb` (VmHWM, not ru_maxrss, which a
+    child inherits from the process that started it: the benchmark's parent, which opened the models)."""
+    from segcls.bench.latency import peak_rss_mb as own_peak
+
+    return own_peak()
 
 
 def _session(model: Path):
@@ -148,15 +150,17 @@ def segcls_run(
     mpp: float | None = None,
     options: dict | None = None,
     backend_tiles: int = 8,
+    precision: str | None = None,
 ) -> dict:
-    """`infer_slide` with default options (plus `options`), then the backend alone on up to `backend_tiles`
-    of the same tiles held in memory, then the readers alone over every tile run."""
+    """`infer_slide` with default options (plus `options`; `precision` as `--precision`), then the backend
+    alone on up to `backend_tiles` of the same tiles held in memory, then the readers alone over every tile
+    run."""
     from segcls.bench.bench_infer import backend_only
     from segcls.runtime.pipeline import InferOptions, infer_slide, open_model
 
     start = time.perf_counter()
     opts = InferOptions(mpp=mpp, progress=False, **(options or {}))
-    backend = open_model(model, opts.backend, sessions=opts.sessions)
+    backend = open_model(model, opts.backend, sessions=opts.sessions, precision=precision, tile=opts.tile)
     summary = infer_slide(slide_path, backend, out, opts).summary
     seconds = time.perf_counter() - start
     rss = peak_rss_mb()  # before the extra passes below allocate their own buffers
@@ -164,7 +168,7 @@ def segcls_run(
     plan, grid, run_tiles = tiles
     sample = run_tiles[:: max(1, len(run_tiles) // backend_tiles)][:backend_tiles]  # spread over the slide
     only = backend_only(backend, _read_batches(slide_path, (plan, grid, sample), opts))
-    reads = read_only(slide_path, tiles, opts, backend.device)
+    reads = read_only(slide_path, tiles, opts, backend.on_cpu)
     backend.close()
     run = summary["tiles"]["run"]
     return {
@@ -172,7 +176,19 @@ def segcls_run(
         "tiles": run,
         "size": summary["read_size"],
         "peak_rss_mb": rss,
-        "summary": {k: summary[k] for k in ("tiles", "timings_s", "tiles_per_s", "readers", "backend", "device")},
+        "summary": {
+            k: summary[k]
+            for k in (
+                "tiles",
+                "timings_s",
+                "tiles_per_s",
+                "readers",
+                "backend",
+                "precision",
+                "backend_choice",
+                "device",
+            )
+        },
         "backend_only": only,
         "read_only": reads,
         "e2e_tiles_per_s": run / summary["timings_s"]["total"],
@@ -180,18 +196,29 @@ def segcls_run(
     }
 
 
+def open_only(model: str | Path, mpp: float | None, options: dict, precision: str | None) -> dict:
+    """Open the model as `segcls_run` does, then close it: what a first open measures or compiles (`--backend
+    auto`'s probe, OpenVINO's compiled model) is cached for the timed runs."""
+    from segcls.runtime.pipeline import InferOptions, open_model
+
+    start = time.perf_counter()
+    opts = InferOptions(mpp=mpp, progress=False, **options)
+    open_model(model, opts.backend, sessions=opts.sessions, precision=precision, tile=opts.tile).close()
+    return {"seconds": time.perf_counter() - start}
+
+
 def _tiles_run(slide_path, backend, opts) -> tuple:
     """(plan, grid, the tiles the pipeline runs), by the pipeline's own choices."""
-    from segcls.runtime.pipeline import plan_tiles
+    from segcls.runtime.plan import plan_tiles
     from segcls.runtime.slide import open_slide
 
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        plan, grid, _, tiles, _ = plan_tiles(slide, backend, opts)
-    return plan, grid, tiles
+        plan = plan_tiles(slide, backend, opts)
+    return plan.read, plan.grid, plan.tiles
 
 
 def _read_batches(slide_path, planned, opts) -> list[np.ndarray]:
-    from segcls.runtime.pipeline import read_batches
+    from segcls.runtime.feed import read_batches
     from segcls.runtime.slide import open_slide
 
     plan, _, tiles = planned
@@ -199,15 +226,15 @@ def _read_batches(slide_path, planned, opts) -> list[np.ndarray]:
         return read_batches(slide, plan, tiles, opts.batch)
 
 
-def read_only(slide_path, planned, opts, device: str = "cpu") -> dict:
+def read_only(slide_path, planned, opts, on_cpu: bool = True) -> dict:
     """The pipeline's readers with nothing to feed: tiles/s of reading alone, same threads."""
     from segcls.bench.readers import read_throughput
-    from segcls.runtime.pipeline import reader_budget
+    from segcls.runtime.cores import reader_budget
     from segcls.runtime.slide import open_slide
 
     plan, grid, tiles = planned
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        return read_throughput(slide, plan, tiles, grid, reader_budget(opts.workers, device), opts.batch)
+        return read_throughput(slide, plan, tiles, grid, reader_budget(opts.workers, on_cpu), opts.batch)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,9 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--mpp", type=float)
     p.add_argument("--options", default="{}", help="segcls only: InferOptions fields as JSON")
+    p.add_argument("--precision", help="segcls only: as segcls-infer --precision")
+    p.add_argument("--open-only", action="store_true", help="segcls only: open the model as the run would, no more")
     args = p.parse_args(argv)
-    if args.method == "segcls":
-        result = segcls_run(args.slide, args.model, args.out, args.mpp, json.loads(args.options))
+    if args.method == "segcls" and args.open_only:
+        result = open_only(args.model, args.mpp, json.loads(args.options), args.precision)
+    elif args.method == "segcls":
+        options = json.loads(args.options)
+        result = segcls_run(args.slide, args.model, args.out, args.mpp, options, precision=args.precision)
     else:
         run = plain_loop if args.method == "plain" else sliding_window
         result = run(args.slide, args.model, args.out, args.mpp)

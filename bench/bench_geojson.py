@@ -8,7 +8,6 @@ what a weak model produces on a large slide; the issue that asked for the per-cl
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -19,9 +18,11 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import cpu_line, machine, versions
+from segcls.bench.report import check_results, results_options, write_results
+from segcls.core.cli import command
+from segcls.core.constants import UNLABELLED
 from segcls.runtime.geojson import write_geojson
 
-RESULTS = Path(__file__).parent / "results"
 CLASSES = ("a", "b", "c", "d")
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 
@@ -31,7 +32,7 @@ def noisy_labels(size: int, seed: int = 0) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     labels = ndimage.median_filter(rng.integers(0, len(CLASSES), (size, size)), 3).astype(np.uint8)
-    labels[rng.random(labels.shape) < 0.02] = 255
+    labels[rng.random(labels.shape) < 0.02] = UNLABELLED
     return labels
 
 
@@ -82,21 +83,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result: dict, name: str) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(result))
-    return RESULTS / f"{name}.md"
-
-
-@click.command("geojson")
-@click.option("--size", default=1100, show_default=True, help="Side of the noisy label map, px.")
-@click.option("--rounds", default=3, show_default=True, help="Alternating rounds per variant.")
-@click.option("--name", default="cpu-geojson", show_default=True, help="Results file name in bench/results/.")
-def geojson_command(size: int, rounds: int, name: str) -> None:
+@command("geojson")
+@click.option("--size", default=1100, type=click.IntRange(16), help="Side of the noisy label map, px.")
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds, the two variants alternating in each.")
+@results_options("geojson")
+def geojson_command(size: int, rounds: int, output: Path, overwrite: bool, quiet: bool) -> None:
     """Write time of --geojson on a noisy map: one MultiPolygon per class vs one Polygon per region."""
-    from segcls.bench.bench_geojson import bench_geojson, markdown, save
-
+    check_results(output, overwrite)
     result = bench_geojson(size=size, rounds=rounds)
-    path = save(result, name)
-    click.echo(markdown(result) + f"-> {path}")
+    text = markdown(result)
+    write_results(output, result, text)
+    click.echo(text + f"-> {output}")

@@ -4,8 +4,8 @@
     python bench/bench_infer.py --model m.onnx --slide s.svs --tile 1024 --batch 8
 
 The ratio pipeline / backend-only says how much of the backend's speed the pipeline keeps (reading,
-resampling, stitching and writing overlap with inference or add to it). Writes bench/results/NAME.json and
-NAME.md (a markdown table with the machine and library versions).
+resampling, stitching and writing overlap with inference or add to it). Writes NAME.json and NAME.md (a
+markdown table with the machine and library versions) in the working directory.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from importlib import metadata
@@ -24,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from segcls.runtime.backends import open_backend
-from segcls.runtime.pipeline import InferOptions, infer_slide, plan_tiles, read_batches
+from segcls.runtime.feed import read_batches
+from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.plan import plan_tiles
 from segcls.runtime.slide import open_slide
 from segcls.runtime.tiling import DEFAULT_OVERLAP
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def random_model(folder: Path, mpp: float) -> Path:
@@ -54,8 +53,8 @@ def synthetic_slide(folder: Path, size: int) -> Path:
 def first_batches(backend, slide_path: Path, opts: InferOptions, max_tiles: int) -> list[np.ndarray]:
     """The pipeline's own first `max_tiles` tiles (trimmed as it trims them), read into memory as batches."""
     with open_slide(slide_path, mpp=opts.slide_mpp) as slide:
-        plan, _, _, tiles, _ = plan_tiles(slide, backend, opts)
-        return read_batches(slide, plan, tiles[:max_tiles], opts.batch)
+        plan = plan_tiles(slide, backend, opts)
+        return read_batches(slide, plan.read, plan.tiles[:max_tiles], opts.batch)
 
 
 def backend_only(backend, batches: list[np.ndarray]) -> dict:
@@ -80,32 +79,20 @@ def backend_only(backend, batches: list[np.ndarray]) -> dict:
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for package in ("segcls", "numpy", "onnxruntime", "onnxruntime-gpu", "openslide-python", "openslide-bin",
-                    "tifffile", "torch", "tensorrt"):  # fmt: skip
+                    "tifffile", "torch", "tensorrt", "openvino"):  # fmt: skip
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
     return out
 
 
-# Instruction sets that change ONNX Runtime's CPU kernels: FP32 convolutions use AVX-512 where it is there,
-# INT8 ones VNNI (several times AVX2's int8 throughput), so figures only compare on the same set.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-
-
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields: dict[str, str] = {}
-            for key, value in (line.split(":", 1) for line in f if ":" in line):
-                fields.setdefault(key.strip(), value.strip())  # the first CPU's
-        cpu = fields["model name"]
-        flags = set(fields.get("flags", "").split())
-    except (OSError, KeyError):
-        pass
+    """The CPU with the instruction sets its kernels depend on (`segcls.core.cpu`), cores, system, load."""
+    from segcls.core.cpu import cpu_info
+
+    cpu = cpu_info()
     return {
-        "cpu": cpu,
-        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cpu": cpu.model,
+        "isa": cpu.isa,
         "cores": os.cpu_count(),
         "system": platform.platform(),
         "loadavg": os.getloadavg(),
@@ -145,21 +132,6 @@ def int_list(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
-def write_results(json_path: Path, data: dict, text: str) -> None:
-    """`json_path` and the markdown `text` beside it (same stem, .md), each written atomically."""
-    from segcls.core.atomic import atomic_path
-
-    json_path = Path(json_path)
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    with atomic_path(json_path.with_suffix(".md")) as tmp:
-        tmp.write_text(f"{text.rstrip()}\n\nCommand: `{data.get('command', command_line())}`\n")
-
-
 def markdown(results: list[dict]) -> str:
     r0 = results[0]
     lines = [
@@ -196,7 +168,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tissue", default="none", help="auto|none|PATH [default none: every tile, a fixed count]")
     p.add_argument("--max-tiles", type=int, default=64, help="tiles for the backend-only pass")
-    p.add_argument("--name", help="results file name [default: from the machine and backend]")
+    p.add_argument("--name", help="results file stem, in the working directory [default: machine-backend-time]")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,12 +203,11 @@ def main() -> None:
                 print(markdown(results[-1:]).splitlines()[-1], flush=True)
         backend.close()
 
-    RESULTS.mkdir(exist_ok=True)
     name = args.name or f"{platform.node() or 'machine'}-{results[0]['backend']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(results))
+    Path(f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(f"{name}.md").write_text(markdown(results))
     print(markdown(results))
-    print(f"wrote {RESULTS / name}.json and .md")
+    print(f"wrote {name}.json and .md")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,17 @@ from pathlib import Path
 
 import click
 
+from segcls.bench.report import check_results, results_options, write_results
+from segcls.core.cli import command, input_path, require_extra
+
 
 def ray_workers(slides: list[Path], model: Path, workers: tuple[int, ...] = (1, 2), rounds: int = 3, **options):
     """Seconds for the whole cohort per worker count (Ray started once, 1 CPU and 1 ORT thread per worker)."""
     import ray
 
     from segcls.runtime.cohort import infer_cohort
-    from segcls.runtime.pipeline import InferOptions
+    from segcls.runtime.options import InferOptions
+    from segcls.runtime.ray_runner import RayRunner
 
     opts = InferOptions(progress=False, **options)
     seconds: dict[int, list[float]] = {w: [] for w in workers}
@@ -31,9 +35,9 @@ def ray_workers(slides: list[Path], model: Path, workers: tuple[int, ...] = (1, 
             for _ in range(rounds):
                 for w in workers:
                     start = time.perf_counter()
-                    rows = infer_cohort(slides, model, out, opts, overwrite=True, workers=w)
+                    cohort = infer_cohort(slides, model, out, opts, runner=RayRunner(workers=w), overwrite=True)
                     seconds[w].append(time.perf_counter() - start)
-                    assert all(r.status == "done" for r in rows), rows
+                    assert not cohort.failed, cohort.rows
     finally:
         ray.shutdown()
     return {f"{w} workers": _stats(len(slides) / s for s in seconds[w]) | {"seconds": seconds[w]} for w in workers}
@@ -79,38 +83,44 @@ def _version(name: str) -> str | None:
         return None
 
 
-def write_results(path: Path, results: dict, command: str) -> None:
-    """JSON + a markdown table beside it."""
-    doc = {"machine": machine(), "command": command, **results}
-    path.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = [f"# {path.stem}", "", f"`{command}`", "", f"machine: {doc['machine']}", ""]
-    for section, rows in results.items():
+def markdown(doc: dict) -> str:
+    """The tables of a cluster benchmark's results (`doc`: machine, command and one section per kind)."""
+    lines = [f"`{doc['command']}`", "", f"machine: {doc['machine']}", ""]
+    for section in ("ray", "ddp"):
         key = "slides/s" if section == "ray" else "tiles/s"
         lines += [f"## {section}", "", f"| config | median {key} | min | max |", "|---|---|---|---|"]
-        lines += [f"| {name} | {r['median']} | {r['min']} | {r['max']} |" for name, r in rows.items()]
+        lines += [f"| {name} | {r['median']} | {r['min']} | {r['max']} |" for name, r in doc[section].items()]
         lines.append("")
-    path.with_suffix(".md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-@click.command("cluster")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--model", required=True, type=click.Path(exists=True, path_type=Path), help="Model for the cohort.")
-@click.option("--dataset", required=True, type=click.Path(exists=True, path_type=Path), help="Training dataset.")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Results: OUT.json + OUT.md.")
-@click.option("--rounds", default=3, show_default=True, help="Rounds; the configurations alternate in each.")
-@click.option("--slide-mpp", type=float, default=2.0, show_default=True, help="For slides without an mpp.")
-@click.option("--train-args", default="--epochs 1 --steps-per-epoch 6 --batch-size 16 --tile 64 --device cpu")
+@command("cluster")
+@click.argument("slides", nargs=-1, required=True, type=input_path())
+@click.option("--model", required=True, type=input_path(dir_okay=False), help="Model for the cohort.")
+@click.option("--dataset", required=True, type=input_path(file_okay=False), help="Training dataset folder.")
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds; the configurations alternate in each.")
+@click.option("--slide-mpp", type=float, default=2.0, help="Level-0 um/px of slides without one.")
+@click.option(
+    "--train-args",
+    default="--epochs 1 --steps-per-epoch 6 --batch-size 16 --tile 64 --device cpu",
+    help="segcls-train options of the timed training runs.",
+)
+@results_options("cluster")
 def cluster_command(
-    slides, model: Path, dataset: Path, out: Path, rounds: int, slide_mpp: float, train_args: str
-) -> None:
+    slides, model: Path, dataset: Path, rounds: int, slide_mpp: float, train_args: str, output: Path,
+    overwrite: bool, quiet: bool,
+) -> None:  # fmt: skip
     """Ray cohort slides/s with 1 vs 2 workers, and torchrun training tiles/s with 1 vs 2 processes."""
     import shlex
     import sys
 
-    from segcls.bench.cluster import ddp_processes, ray_workers, write_results
-
+    check_results(output, overwrite)
+    require_extra("cluster", "ray")
+    require_extra("train", "torch")
     opts = dict(tile=256, overlap=32, batch=2, slide_mpp=slide_mpp)
     results = {"ray": ray_workers(list(slides), model, rounds=rounds, **opts)}
     results["ddp"] = ddp_processes(dataset, rounds=rounds, args=tuple(shlex.split(train_args)))
-    write_results(out, results, "segcls-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    click.echo(out.with_suffix(".md").read_text())
+    doc = {"machine": machine(), "command": "segcls-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **results}
+    text = markdown(doc)
+    write_results(output, doc, text, command=False)  # the table names the command already
+    click.echo(text)

@@ -1,38 +1,68 @@
-"""The measured part of bench/gpu_check.sh: per backend that runs here, label agreement with the CPU FP32
-reference on the same tiles, tiles/s at several batch sizes, and end-to-end slide throughput against
-backend-only and read-only throughput.
+"""The one-call GPU check that bench/gpu_check.sh runs: under 7 minutes on the GPU machine of
+../shared/NOTES.md by construction, and a report however the call ends.
 
-    python bench/gpu_check.py OUT_DIR                     # on a CUDA machine (what gpu_check.sh runs)
-    python bench/gpu_check.py OUT_DIR --device cpu --tile 64 --slide 512 --batches 1 2   # the script's own test
+Every step runs in a process of its own and is stopped when its budget is spent; the budgets add up to
+BUDGET_S, which gpu_check.sh's limit covers. OUT_DIR/gpu-check.json and gpu-check.md are rewritten after
+every step, so a call cut short still brings back each step that finished.
 
-Backends: torch CUDA FP32 and FP16 always (on --device cpu: torch CPU FP32 and FP16, to test the
-script); ONNX Runtime CUDA and TensorRT only where installed, and reported as skipped with the reason
-otherwise. Read-only is the same pipeline run with a backend that returns zeros at once; e2e target:
-e2e tiles/s >= 0.8 x min(backend-only, read-only). Writes OUT_DIR/gpu-check.json and gpu-check.md.
+    python -P -m segcls.bench.gpu_check OUT_DIR                      # on the GPU machine (gpu_check.sh)
+    python -P -m segcls.bench.gpu_check OUT_DIR --device cpu --toy   # every step on a CPU, toy sizes
+
+Steps (bench/gpu_steps.py): tests (the `gpu` tests, a skip failing where nvidia-smi lists a GPU: only
+TensorRT and ONNX Runtime CUDA may skip), prepare (checkpoint, CPU FP32 reference, synthetic slide),
+agreement (torch fp32 / tf32 / fp16 vs CPU FP32), eager / graph / compile / compile-graph (tiles/s of each
+torch mode), e2e (e2e vs backend-only vs read-only on the slide; target e2e >= 0.8 x min of the two),
+train (training steps/s with AMP). A CPU run proves the script runs; it says nothing about a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from importlib import metadata
 from pathlib import Path
 
 import click
-import numpy as np
 
-from segcls.bench.bench_infer import cpu_line, machine, synthetic_slide, versions
+from segcls.bench import gpu_steps
+from segcls.bench.bench_infer import cpu_line, machine
+from segcls.bench.gpu_steps import Settings
 from segcls.core.atomic import atomic_path
-from segcls.runtime.backends import Backend, BackendOutput
-from segcls.runtime.pipeline import InferOptions, infer_slide
-from segcls.runtime.tiling import DEFAULT_OVERLAP
 
-TARGET = 0.8  # e2e >= TARGET x min(backend-only, read-only)
+# name -> (seconds, what runs in the step's process; None: the tests, run by pytest). The measured steps
+# need `prepare`'s files. Each budget includes its process's start (Python, torch, CUDA: ~5 s).
+STEPS: dict[str, tuple[float, Callable | None]] = {
+    "tests": (90, None),
+    "prepare": (30, gpu_steps.prepare),
+    "agreement": (25, gpu_steps.precision_agreement),
+    "eager": (30, functools.partial(gpu_steps.torch_mode, mode="eager")),
+    "graph": (25, functools.partial(gpu_steps.torch_mode, mode="graph")),
+    "e2e": (35, gpu_steps.end_to_end),
+    "train": (25, gpu_steps.training),
+    "compile": (60, functools.partial(gpu_steps.torch_mode, mode="compile")),
+    "compile-graph": (30, functools.partial(gpu_steps.torch_mode, mode="compile-graph")),  # Inductor's cache is warm
+}
+START_S = 15  # this process's own start, the report writes and the stops of steps cut short
+
+
+def total_budget(steps: dict[str, tuple[float, Callable | None]]) -> float:
+    """The most a check of `steps` takes: their budgets and this process's own share."""
+    return sum(budget for budget, _ in steps.values()) + START_S
+
+
+BUDGET_S = total_budget(STEPS)  # gpu_check.sh's CHECK_S must cover it (tests/test_gpu_check.py)
+STOP_GRACE_S = 5  # a step past its budget: SIGTERM, this long, then SIGKILL (its whole process group)
 
 
 def gpu_info() -> dict:
@@ -40,7 +70,7 @@ def gpu_info() -> dict:
     query = "name,compute_cap,driver_version,memory.total"
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=15
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"nvidia-smi: {e}"}
@@ -49,6 +79,127 @@ def gpu_info() -> dict:
         for line in out.stdout.splitlines()
     ]
     return {"gpus": rows} if rows else {"error": out.stderr.strip() or "no GPU listed"}
+
+
+def versions() -> dict:
+    """Installed versions, read from metadata (this process imports no torch)."""
+    out = {"python": sys.version.split()[0]}
+    for package in ("torch", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tifffile", "imagecodecs",
+                    "openslide-python", "openslide-bin", "triton", "pytest"):  # fmt: skip
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
+
+
+def source() -> str:
+    """The segcls tree this runs (gpu_check.sh imports it from the working tree itself)."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        described = ""
+    return f"{Path(gpu_steps.__file__).resolve().parent.parent} ({described or 'not a git tree'})"
+
+
+# -- running the steps -------------------------------------------------------------------------------
+
+
+def _child(step: Callable, settings: Settings, work: Path, result: Path) -> None:
+    """A step's process: its own process group (so a stop takes whatever it started), its result as JSON."""
+    os.setpgrp()
+    try:
+        out = {"status": "done"} | step(settings, work)
+        if "skipped" in out:
+            out["status"] = "skipped"
+    except Exception as e:
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        out = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:600], "at": f"{last.filename}:{last.lineno}"}
+    with atomic_path(result) as tmp:
+        tmp.write_text(json.dumps(out, default=str))
+
+
+def _stop(pid: int, alive: Callable[[], bool], first: signal.Signals = signal.SIGTERM) -> None:
+    for sig in (first, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not alive():
+            return
+
+
+_running: set[int] = set()  # process groups of the steps running now, stopped if this process is
+
+
+def _stop_steps_and_exit(signum, frame) -> None:
+    """The check itself is stopped (gpu_check.sh's limit): stop the step running, keep the report."""
+    for pid in list(_running):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    raise SystemExit(f"stopped by signal {signum}; the report holds every step that finished")
+
+
+def run_step(name: str, step: Callable, settings: Settings, work: Path, budget: float) -> dict:
+    """Run `step` in a spawned process for at most `budget` seconds; what it returned, or why not."""
+    result = work / f"{name}.result.json"
+    process = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(step, settings, work, result), name=f"gpu-check-{name}"
+    )  # not a daemon: a step may start processes of its own (the dataset renderer, Inductor's compilers)
+    start = time.perf_counter()
+    process.start()
+    _running.add(process.pid)
+    try:
+        process.join(budget)
+        if process.is_alive():
+            _stop(process.pid, process.is_alive)
+            process.join()
+    finally:
+        _running.discard(process.pid)
+    if process.exitcode in (-signal.SIGTERM, -signal.SIGKILL) and not result.is_file():
+        out = {"status": "timed out", "error": f"stopped after its budget of {budget:.0f} s"}
+    elif result.is_file():
+        out = json.loads(result.read_text())
+    else:
+        out = {"status": "failed", "error": f"its process ended with exit code {process.exitcode} and no result"}
+    return out | {"seconds": round(time.perf_counter() - start, 2), "budget_s": budget}
+
+
+def gpu_test_files(tests: Path) -> list[str]:
+    """The test files with `gpu` tests (read, not imported)."""
+    return sorted(p.name for p in tests.glob("test_*.py") if "pytest.mark.gpu" in p.read_text())
+
+
+def run_tests(out_dir: Path, budget: float, repo: Path) -> dict:
+    """pytest -m gpu over the gpu test files, stopped (SIGINT first: pytest then writes its report) at the
+    budget. With a GPU listed by nvidia-smi, SEGCLS_REQUIRE_GPU=1 makes a skip a failure (tests/conftest.py)."""
+    tests = repo / "tests"
+    if not tests.is_dir():
+        return {"status": "skipped", "skipped": f"no tests/ folder in {repo}"}
+    require = "1" if "gpus" in gpu_info() else "0"
+    junit, log = out_dir / "gpu-tests.xml", out_dir / "gpu-tests.log"
+    junit.unlink(missing_ok=True)
+    cmd = [sys.executable, "-P", "-m", "pytest", "-m", "gpu", "-rs", "-p", "no:cacheprovider", "--junitxml", str(junit)]
+    env = os.environ | {"SEGCLS_REQUIRE_GPU": require}
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*cmd, *gpu_test_files(tests)], cwd=tests, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        _running.add(process.pid)
+        try:
+            code = process.wait(budget - 2 * STOP_GRACE_S)
+            status = "done"
+        except subprocess.TimeoutExpired:
+            _stop(process.pid, lambda: process.poll() is None, first=signal.SIGINT)
+            code, status = process.wait(), "timed out"
+        finally:
+            _running.discard(process.pid)
+    report = {"status": status, "exit_code": code, "require_gpu": require == "1"} | test_results(junit)
+    tail = log.read_text(errors="replace").splitlines()[-30:]
+    return report | {"output_tail": tail, "seconds": round(time.perf_counter() - start, 2), "budget_s": budget}
 
 
 def test_results(junit_xml: Path) -> dict:
@@ -70,232 +221,85 @@ def test_results(junit_xml: Path) -> dict:
     return out
 
 
-def random_checkpoint(folder: Path, mpp: float = 0.5) -> Path:
-    """A seeded random network with random BatchNorm statistics (so labels vary across the tile)."""
-    import torch
-
-    from segcls.checkpoint import save_checkpoint
-    from segcls.core.description import ModelDescription
-    from segcls.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(4)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = folder / "random.pt"
-    save_checkpoint(path, model.eval(), ModelDescription(classes=("a", "b", "c", "d"), mpp=mpp))
-    return path
-
-
-def tiles(count: int, size: int, seed: int = 0) -> np.ndarray:
-    from segcls.export.verify import tissue_like_images
-
-    return tissue_like_images(count, size, size, np.random.default_rng(seed))
-
-
-def candidate_backends(checkpoint: Path, work: Path, device: str, tile: int, max_batch: int) -> dict:
-    """label -> a function that opens the backend, or the reason it cannot run here (a str)."""
-    from segcls.runtime.backends.torch import TorchBackend
-
-    def torch_backend(precision: str) -> Callable[[], Backend]:
-        def open_() -> Backend:
-            backend = TorchBackend(checkpoint, device=device, precision=precision)
-            backend.load()
-            return backend
-
-        return open_
-
-    found: dict = {f"torch {device} fp32": torch_backend("fp32"), f"torch {device} fp16": torch_backend("fp16")}
-    if device == "cpu":
-        return found
-    onnx_path: list[Path] = []
-
-    def exported(fp16: bool) -> Path:
-        from segcls.export.onnx_export import export_onnx
-
-        if not onnx_path:
-            onnx_path.append(export_onnx(checkpoint, work / "model.onnx", fp16=fp16, verify=False).path)
-        return onnx_path[0]
-
-    try:
-        import onnxruntime
-
-        has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        reason = None if has_cuda else f"onnxruntime {onnxruntime.__version__} has no CUDA provider"
-    except ImportError:
-        reason = "onnxruntime is not installed"
-    if reason:
-        found["onnxruntime cuda"] = reason
-    else:
-
-        def ort_cuda() -> Backend:
-            from segcls.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
-            backend = OnnxRuntimeBackend(exported(True), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-            backend.load()  # refuses a session that fell back to the CPU
-            return backend
-
-        found["onnxruntime cuda"] = ort_cuda
-    try:
-        import tensorrt  # noqa: F401
-
-        def trt() -> Backend:
-            from segcls.runtime.backends import open_backend
-
-            return open_backend(exported(True), "tensorrt", tile=tile, batch=max_batch, log=print)
-
-        found["tensorrt fp16"] = trt
-    except (ImportError, OSError) as e:
-        found["tensorrt fp16"] = f"TensorRT is not installed ({type(e).__name__})"
-    return found
-
-
-def agreement(backend: Backend, images: np.ndarray, reference: BackendOutput) -> dict:
-    out = backend.infer(images)
-    probs = np.asarray(out.probs, dtype=np.float32)
-    return {
-        "tiles": len(images),
-        "labels_agreement": round(float((np.asarray(out.labels) == reference.labels).mean()), 6),
-        "probs_max_abs_diff": round(float(np.abs(probs - reference.probs).max()), 6),
-    }
-
-
-def throughput(backend: Backend, image: np.ndarray, batch: int, seconds: float, min_batches: int = 3) -> dict:
-    """tiles/s through `infer_stream` on in-memory batches (copies and compute overlapped as in a run)."""
-    data = np.repeat(image[None], batch, axis=0)
-    for _ in backend.infer_stream(iter([data, data])):  # warm-up: allocations, cuDNN autotuning
-        pass
-    done = 0
-    start = time.perf_counter()
-
-    def batches() -> Iterator[np.ndarray]:
-        while done < min_batches or time.perf_counter() - start < seconds:
-            yield data
-
-    for _ in backend.infer_stream(batches()):
-        done += 1
-    elapsed = time.perf_counter() - start
-    return {
-        "batch": batch,
-        "batches": done,
-        "seconds": round(elapsed, 3),
-        "tiles_per_s": round(done * batch / elapsed, 2),
-    }
-
-
-class NullBackend(Backend):
-    """Zeros at once, for the read-only run: the same pipeline, readers and mask writer, no network."""
-
-    name = "null"
-
-    def __init__(self, description, num_classes: int) -> None:
-        super().__init__()
-        self._description, self._classes = description, num_classes
-
-    def load(self) -> None:
-        self.description = self._description
-
-    def infer(self, batch: np.ndarray) -> BackendOutput:
-        b, h, w = len(batch), batch.shape[1] // 8, batch.shape[2] // 8
-        return BackendOutput(
-            np.zeros((b, h, w), np.uint8),
-            np.zeros((b, self._classes, h, w), np.float16),
-            np.zeros((b, self._classes), np.float32),
-        )
-
-
-def slide_run(slide: Path, backend: Backend, out: Path, opts: InferOptions) -> dict:
-    result = infer_slide(slide, backend, out, opts)
-    s = result.summary
-    tiles_run, seconds = s["tiles"]["run"], s["timings_s"]["total"]
-    return {"tiles": tiles_run, "seconds": round(seconds, 3), "tiles_per_s": round(tiles_run / seconds, 2)}
-
-
 def run_check(
     out_dir: Path,
-    device: str = "cuda",
-    tile: int = 1024,
-    batches: tuple[int, ...] = (1, 8, 32),
-    slide_px: int = 20480,
-    e2e_batch: int = 16,
-    workers: int | None = None,
-    seconds: float = 3.0,
-    agreement_tiles: int = 4,
-    junit: Path | None = None,
+    settings: Settings,
+    steps: dict[str, tuple[float, Callable | None]] = STEPS,
+    notes: dict | None = None,
+    repo: Path | None = None,
+    echo: Callable[[str], None] = lambda line: None,
 ) -> dict:
-    """Everything the GPU check measures; writes gpu-check.json and gpu-check.md into `out_dir`."""
-    import torch
-
-    workers = workers or min(os.cpu_count() or 2, 16)
+    """Run `steps` in order, each within its budget; the report is written after every one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {
-        "command": " ".join(["python", *sys.argv]) if sys.argv[0].endswith("gpu_check.py") else "run_check()",
-        "settings": {
-            "device": device,
-            "tile": tile,
-            "batches": list(batches),
-            "slide_px": slide_px,
-            "e2e_batch": e2e_batch,
-            "workers": workers,
-            "seconds_per_point": seconds,
-        },
-        "machine": machine() | gpu_info() | {"torch_threads": torch.get_num_threads()},
-        "versions": versions() | {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()},
-        "backends": {},
-        "skipped": {},
+        "command": " ".join(sys.argv),
+        "settings": asdict(settings),
+        "machine": machine() | gpu_info(),
+        "versions": versions(),
+        "segcls": source(),
+        "budget_s": {name: budget for name, (budget, _) in steps.items()} | {"total": total_budget(steps)},
+        "notes": notes or {},
+        "steps": {},
     }
-    if junit is not None:
-        report["gpu_tests"] = test_results(Path(junit))
+    write_report(report, out_dir)
     with tempfile.TemporaryDirectory(prefix="segcls-gpu-check-") as tmp:
         work = Path(tmp)
-        checkpoint = random_checkpoint(work)
-        images = tiles(agreement_tiles, tile)
-        from segcls.runtime.backends.torch import TorchBackend
-
-        reference_backend = TorchBackend(checkpoint, device="cpu", precision="fp32")
-        reference_backend.load()
-        reference = reference_backend.infer(images)
-        description = reference_backend.description
-        reference_backend.close()
-
-        slide = synthetic_slide(work, slide_px)
-        overlap = DEFAULT_OVERLAP if tile >= 512 else 16  # the runtime's default, or what a tiny tile allows
-        opts = InferOptions(batch=e2e_batch, tile=tile, overlap=overlap, tissue="none", workers=workers, progress=False)
-        read_only = slide_run(slide, NullBackend(description, len(description.classes)), work / "null.mask.tif", opts)
-        report["read_only"] = read_only
-
-        found = candidate_backends(checkpoint, work, device, tile, max(max(batches), e2e_batch))
-        for label, opener in found.items():
-            if isinstance(opener, str):
-                report["skipped"][label] = opener
-                continue
-            entry: dict = {}
-            try:
-                backend = opener()
-            except Exception as e:  # a backend that does not start here is reported, not fatal
-                report["skipped"][label] = f"{type(e).__name__}: {e}"
-                continue
-            with contextlib.closing(backend):
-                entry["device"] = backend.device
-                entry["agreement_vs_cpu_fp32"] = agreement(backend, images, reference)
-                entry["throughput"] = [throughput(backend, images[0], b, seconds) for b in batches]
-                backend_only = throughput(backend, images[0], e2e_batch, seconds)
-                e2e = slide_run(slide, backend, work / f"{label.replace(' ', '-')}.mask.tif", opts)
-            bound = min(backend_only["tiles_per_s"], read_only["tiles_per_s"])
-            entry["e2e"] = {
-                "tiles_per_s": e2e["tiles_per_s"], "tiles": e2e["tiles"], "seconds": e2e["seconds"],
-                "backend_only_tiles_per_s": backend_only["tiles_per_s"],
-                "read_only_tiles_per_s": read_only["tiles_per_s"],
-                "e2e_over_backend_only": round(e2e["tiles_per_s"] / backend_only["tiles_per_s"], 3),
-                "e2e_over_read_only": round(e2e["tiles_per_s"] / read_only["tiles_per_s"], 3),
-                "e2e_over_min": round(e2e["tiles_per_s"] / bound, 3),
-                "target_met": e2e["tiles_per_s"] >= TARGET * bound,
-            }  # fmt: skip
-            report["backends"][label] = entry
-    report["slide"] = {"size_px": slide_px, "mpp": 0.5, "tiles": read_only["tiles"]}
-    write_report(report, Path(out_dir))
+        for name, (budget, step) in steps.items():
+            echo(f"== {name} (at most {budget:.0f} s)")
+            prepared = report["steps"].get("prepare", {}).get("status") == "done"
+            if step is None:
+                out = run_tests(out_dir, budget, repo or Path.cwd())
+            elif name != "prepare" and "prepare" in steps and not prepared:
+                out = {"status": "skipped", "skipped": "the prepare step did not finish"}
+            else:
+                out = run_step(name, step, settings, work, budget)
+            report["steps"][name] = out
+            write_report(report, out_dir)
+            echo(step_line(name, out))
     return report
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def _tps(points: list[dict]) -> str:
+    return ", ".join(f"b{p['batch']} {p['tiles_per_s']}" for p in points)
+
+
+def step_line(name: str, out: dict) -> str:
+    """One line per step: its status, its time, and the figures that matter."""
+    head = f"{name:<14} {out['status']:<9} {out.get('seconds', 0):6.1f} s of {out.get('budget_s', 0):.0f}"
+    return f"{head}  {step_result(name, out)}".rstrip()
+
+
+def step_result(name: str, out: dict) -> str:
+    """The figures of a step that matter, or why it has none."""
+    if out["status"] != "done" or "error" in out:
+        return out.get("error") or out.get("skipped") or ""
+    if name == "tests":
+        return f"{out['tests']} run, {out['failures']} failed, {out['errors']} errors, {out['skipped']} skipped"
+    if name == "agreement":
+        parts = [f"{p} {a['labels_agreement']:.4f} (probs {a['probs_max_abs_diff']:.1e})" for p, a in out.items()
+                 if isinstance(a, dict) and "labels_agreement" in a]  # fmt: skip
+        return "labels vs CPU FP32: " + ", ".join(parts)
+    if "throughput" in out:
+        labels = out["agreement_vs_cpu_fp32"]["labels_agreement"]
+        return f"tiles/s {_tps(out['throughput'])}; labels vs CPU FP32 {labels:.4f}"
+    if name == "e2e":
+        parts = [
+            f"{mode} {e['tiles_per_s']} = {e['e2e_over_min']} x min(backend {e['backend_only_tiles_per_s']}, "
+            f"read {e['read_only_tiles_per_s']}) {'met' if e['target_met'] else 'MISSED'}"
+            for mode, e in out["modes"].items()
+        ]
+        return "e2e tiles/s: " + "; ".join(parts or [f"read-only {out['read_only']['tiles_per_s']}"])
+    if name == "prepare":
+        env, slide = out["environment"], out["slide"]
+        where = f"CUDA {env['torch_cuda']}, {env.get('gpu', 'no GPU visible to torch')}"
+        return (f"torch {env['torch']} ({where}); CPU FP32 reference {out['cpu_reference_s']} s; "
+                f"{slide['size_px']} px {slide['compression']} slide {out['slide_s']} s")  # fmt: skip
+    if name == "train":
+        return f"{out['steps_per_s']} steps/s ({out['tiles_per_s']} tiles/s, AMP {out['amp']}, {out['device']})"
+    return ""
 
 
 def markdown(report: dict) -> str:
@@ -304,80 +308,57 @@ def markdown(report: dict) -> str:
     lines = [
         f"GPU check: {gpus or m.get('error', 'no GPU')}; CPU {cpu_line(m)}, {m['cores']} cores",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        f"Command: `{report['command']}`; tile {s['tile']} px, e2e on a {s['slide_px']} px synthetic slide "
-        f"({report['slide']['tiles']} tiles), batch {s['e2e_batch']}, {s['workers']} reader workers",
+        f"segcls: {report['segcls']}",
+        f"Command: `{report['command']}`; device {s['device']}, tile {s['tile']} px, precision {s['precision']}, "
+        f"slide {s['slide_px']} px, e2e batch {s['e2e_batch']}",
+        *(f"Note: {k}: {v}" for k, v in report["notes"].items()),
         "",
-        "| backend | device | labels agreement vs CPU fp32 | probs max abs diff | "
-        + " | ".join(
-            f"tiles/s b{t['batch']}" for t in next(iter(report["backends"].values()), {}).get("throughput", [])
-        )
-        + " | e2e tiles/s | backend-only | read-only | e2e/min | target |",
-        "|---|---|---|---|" + "---|" * len(s["batches"]) + "---|---|---|---|---|",
+        "| step | status | seconds (budget) | result |",
+        "|---|---|---|---|",
     ]
-    for label, b in report["backends"].items():
-        a, e = b["agreement_vs_cpu_fp32"], b["e2e"]
-        lines.append(
-            f"| {label} | {b['device']} | {a['labels_agreement']:.4f} | {a['probs_max_abs_diff']:.2e} | "
-            + " | ".join(str(t["tiles_per_s"]) for t in b["throughput"])
-            + f" | {e['tiles_per_s']} | {e['backend_only_tiles_per_s']} | {e['read_only_tiles_per_s']} "
-            f"| {e['e2e_over_min']} | {'met' if e['target_met'] else 'MISSED'} |"
-        )
-    lines += ["", *(f"- skipped {k}: {v}" for k, v in report["skipped"].items())]
-    if "gpu_tests" in report:
-        t = report["gpu_tests"]
-        lines += ["", f"GPU tests: {t}" if "error" in t else
-                  f"GPU tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped",
-                  *(f"- {k}: {v}" for k, v in t.get("not_passed", {}).items())]  # fmt: skip
+    for name, out in report["steps"].items():
+        seconds = f"{out.get('seconds', 0)} ({out.get('budget_s', 0):.0f})"
+        lines.append(f"| {name} | {out['status']} | {seconds} | {step_result(name, out)} |")
+    tests = report["steps"].get("tests", {})
+    if tests.get("not_passed"):
+        lines += ["", "Tests not passed:", *(f"- {k}: {v}" for k, v in tests["not_passed"].items())]
     return "\n".join(lines) + "\n"
 
 
-def summary(report: dict) -> str:
-    """One line per backend, then the skipped ones: what gpu_check.sh prints."""
-    out = []
-    for label, b in report["backends"].items():
-        e, a = b["e2e"], b["agreement_vs_cpu_fp32"]
-        best = max(b["throughput"], key=lambda t: t["tiles_per_s"])
-        out.append(
-            f"{label:<20} agreement {a['labels_agreement']:.4f}  "
-            f"best {best['tiles_per_s']} tiles/s (b{best['batch']})  "
-            f"e2e {e['tiles_per_s']} = {e['e2e_over_min']} x min(backend {e['backend_only_tiles_per_s']}, "
-            f"read {e['read_only_tiles_per_s']}) {'target met' if e['target_met'] else 'TARGET MISSED'}"
-        )
-    out += [f"{label:<20} SKIPPED: {why}" for label, why in report["skipped"].items()]
-    t = report.get("gpu_tests")
-    if t and "error" not in t:
-        out.append(f"gpu tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped")
-        out += [f"  {name}: {why}" for name, why in t["not_passed"].items()]
-    elif t:
-        out.append(f"gpu tests: {t['error']}")
-    return "\n".join(out)
-
-
 def write_report(report: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "gpu-check.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
     with atomic_path(out_dir / "gpu-check.md") as tmp:
         tmp.write_text(markdown(report))
 
 
+def succeeded(report: dict) -> bool:
+    """Every step done (skips are allowed only where a step says why) and the tests passed."""
+    steps = report["steps"].values()
+    tests = report["steps"].get("tests", {})
+    return all(o["status"] in ("done", "skipped") for o in steps) and tests.get("exit_code", 0) == 0
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--device", default="cuda", show_default=True, help="cuda, or cpu to test this script.")
-@click.option("--tile", default=1024, show_default=True)
-@click.option("--batches", type=int, multiple=True, default=(1, 8, 32), show_default=True)
-@click.option("--slide", "slide_px", default=20480, show_default=True, help="Synthetic slide side, px.")
-@click.option("--e2e-batch", default=16, show_default=True)
-@click.option("--workers", type=int, help="Reader threads [default: the cores, at most 16].")
-@click.option("--seconds", default=3.0, show_default=True, help="Time per throughput point.")
-@click.option("--junit", type=click.Path(path_type=Path), help="pytest --junitxml report of the gpu tests, to include.")
-def main(out_dir: Path, device: str, tile: int, batches: tuple[int, ...], slide_px: int, e2e_batch: int,
-         workers: int | None, seconds: float, junit: Path | None) -> None:  # fmt: skip
-    """Measure the backends that run here; OUT_DIR gets gpu-check.json and gpu-check.md."""
-    report = run_check(out_dir, device, tile, tuple(batches), slide_px, e2e_batch, workers, seconds, junit=junit)
-    click.echo(summary(report))
-    if not report["backends"]:  # e.g. a CPU-only torch on a GPU machine: nothing was checked
-        sys.exit(1)
+@click.option("--toy", is_flag=True, help="Toy sizes (seconds per step on a CPU): proves the script runs.")
+@click.option("--only", multiple=True, type=click.Choice(list(STEPS)), help="Run these steps only (repeatable).")
+@click.option("--skip", multiple=True, type=click.Choice(list(STEPS)), help="Leave these steps out (repeatable).")
+@click.option("--note", multiple=True, help="KEY=TEXT recorded in the report (e.g. how the wheels installed).")
+@click.option("--budget-scale", default=1.0, show_default=True, help="Multiplies every step's budget (a slow CPU).")
+def main(out_dir: Path, device: str, toy: bool, only: tuple[str, ...], skip: tuple[str, ...],
+         note: tuple[str, ...], budget_scale: float) -> None:  # fmt: skip
+    """Run the GPU check's steps within their budgets; OUT_DIR gets gpu-check.json and gpu-check.md."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_steps_and_exit)
+    settings = Settings.toy(device) if toy else replace(Settings(), device=device)
+    steps = {k: (b * budget_scale, f) for k, (b, f) in STEPS.items() if (not only or k in only) and k not in skip}
+    notes = dict(n.split("=", 1) if "=" in n else (n, "") for n in note)
+    click.echo(f"GPU check: {len(steps)} steps, at most {total_budget(steps):.0f} s; the report after each")
+    report = run_check(out_dir, settings, steps, notes, echo=click.echo)
+    click.echo(f"results: {out_dir}/gpu-check.json, gpu-check.md, gpu-tests.xml, gpu-tests.log")
+    sys.exit(0 if succeeded(report) else 1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Each --config is METHOD:TILES:FP32_MODULES (modules comma-separated, empty for n
 reduce_range). For each, the FP32 ONNX model is quantized as `segcls-export --int8` does
 (`quantize.quantize_onnx`), verified as it does (`verify.verify_int8`: held-out val tiles, test-split
 macro F1), and timed against the FP32 model at --tile px, alternating in one process
-(`latency.measure_latency`). Writes bench/results/NAME.json and NAME.md.
+(`latency.measure_latency`). Writes NAME.json and NAME.md in the working directory.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from segcls.bench.latency import LatencyOptions, measure_latency
 from segcls.data.folder import load_pair, open_dataset
 from segcls.export.quantize import Int8Options, quantize_onnx, sample_tiles
 from segcls.export.verify import verify_int8
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def parse_config(text: str) -> Int8Options:
@@ -37,7 +35,7 @@ def main() -> None:
     p.add_argument("--config", action="append", required=True, help="METHOD:TILES:FP32_MODULES[:rr]")
     p.add_argument("--tile", type=int, default=1024, help="tile side for the speed ratio")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--name", default="int8-sweep")
+    p.add_argument("--name", default="int8-sweep", help="results file stem, in the working directory")
     args = p.parse_args()
 
     ds = open_dataset(args.dataset)
@@ -60,8 +58,7 @@ def main() -> None:
                          "fp32_modules": list(options.fp32_modules), "reduce_range": options.reduce_range,
                          "passed": report.passed, "figures": figures, "speedup_vs_fp32": speed})  # fmt: skip
             print(f"{text}: {report.summary()}; speed {speed}", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    Path(f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         f"`python bench/int8_sweep.py {args.model.name} DATASET --tile {args.tile} ...`",
         "",
@@ -77,7 +74,7 @@ def main() -> None:
             f"| {f['test macro F1 int8'] - f['test macro F1 fp32']:+.4f} | {s['median']}x ({s['min']}-{s['max']}) "
             f"| {'yes' if r['passed'] else 'no'} |"
         )
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    Path(f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -33,8 +33,9 @@ import click
 import numpy as np
 
 from segcls.bench.bench_infer import cpu_line, int_list
-from segcls.core.atomic import atomic_path
-from segcls.core.cli import handle_errors
+from segcls.bench.report import check_results, results_options, write_results
+from segcls.core.cli import command, input_path
+from segcls.core.constants import UNLABELLED
 from segcls.core.tiff import palette_colormap, pyramid_sizes, write_pyramid
 from segcls.runtime.mask_writer import upsample_window
 from segcls.runtime.slide import Slide
@@ -103,7 +104,7 @@ class SerialMaskWriter:
                      "colormap": palette_colormap(colors), "mpp": mpp, "progress": progress,
                      "description": json.dumps({"segcls": "mask", "classes": list(classes) if classes else None,
                                                 "colors": [[int(v) for v in c] for c in colors],
-                                                "unlabelled": 255, "mpp": mpp})}  # fmt: skip
+                                                "unlabelled": UNLABELLED, "mpp": mpp})}  # fmt: skip
         self.cpu_seconds = 0.0
 
     def __enter__(self) -> SerialMaskWriter:
@@ -132,23 +133,18 @@ class SerialMaskWriter:
 
 def run_once(size: int, writer: str, model: Path, mask: Path, backend: str = "auto") -> dict:
     """One whole-slide run in this process (call it in a fresh process: peak RSS is the process's)."""
-    from segcls.runtime import mask_writer
     from segcls.runtime.backends import open_backend
-    from segcls.runtime.pipeline import InferOptions, infer_slide
+    from segcls.runtime.mask_writer import MaskWriter
+    from segcls.runtime.options import InferOptions
+    from segcls.runtime.pipeline import infer_slide
 
     if writer not in WRITERS:
         raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
-    streamed = mask_writer.MaskWriter
-    if writer == "serial":
-        mask_writer.MaskWriter = SerialMaskWriter  # what `_run` looks up when it starts writing
-    be = open_backend(model, backend)
-    try:
+    writer_class = SerialMaskWriter if writer == "serial" else MaskWriter
+    with open_backend(model, backend) as be:
         t0 = time.perf_counter()
-        result = infer_slide(SyntheticSlide(size), be, mask, InferOptions(progress=False))
+        result = infer_slide(SyntheticSlide(size), be, mask, InferOptions(progress=False), mask_writer=writer_class)
         e2e = time.perf_counter() - t0
-    finally:
-        be.close()
-        mask_writer.MaskWriter = streamed
     s = result.summary
     t = s["timings_s"]
     return {
@@ -284,35 +280,28 @@ if __name__ == "__main__":  # one run, in the process `_child` started
     print(json.dumps(run_once(int(size), writer, Path(model), Path(mask), backend)))
 
 
-@click.command("mask-write")
-@click.option("--sizes", default="20000,40000,60000", show_default=True, callback=int_list,
-              help="slide sizes (px), comma-separated")  # fmt: skip
-@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1), help="rounds, writers alternated")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="model file reading at 4 um/px [default: a random network exported to ONNX]")  # fmt: skip
-@click.option("--backend", default="auto", show_default=True)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path(__file__).parent / "results" / "cpu-2core-mask-write.json",
-    show_default=True,
-    help="results (markdown beside it)",
-)
-@handle_errors
-def mask_write_command(sizes: tuple[int, ...], rounds: int, model: Path | None, backend: str, json_path: Path) -> None:
+@command("mask-write")
+@click.option("--sizes", default="20000,40000,60000", callback=int_list,
+              help="Sides of the square synthetic slides, px, comma-separated.")  # fmt: skip
+@click.option("--rounds", default=2, type=click.IntRange(1), help="Rounds, the writers alternating in each.")
+@click.option("--model", type=input_path(dir_okay=False),
+              help="Model reading at 4 um/px [default: a random network exported to ONNX].")  # fmt: skip
+@click.option("--backend", default="auto", help="auto (from the model file) or one backend.")
+@results_options("mask-write")
+def mask_write_command(
+    sizes: tuple[int, ...], rounds: int, model: Path | None, backend: str, output: Path, overwrite: bool, quiet: bool
+) -> None:
     """Mask writing's share of a whole-slide run: streamed writer vs serial, e2e, peak RSS per process."""
     from segcls.bench.mask_write import bench_mask_write, markdown
 
     if not sizes or min(sizes) < 1024:
         raise click.BadParameter("sizes must be >= 1024 px", param_hint="--sizes")
-    result = bench_mask_write(list(sizes), rounds, model, backend, progress=lambda line: click.echo(line, err=True))
+    check_results(output, overwrite)
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    result = bench_mask_write(list(sizes), rounds, model, backend, progress=say)
     command = "segcls-bench mask-write " + " ".join(sys.argv[2:])
     result["command"] = command
     text = markdown(result, command)
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    with atomic_path(json_path.with_suffix(".md")) as tmp:
-        tmp.write_text(text)
+    write_results(output, result, text, command=False)  # the table names the command already
     click.echo(text)
-    click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    click.echo(f"wrote {output} and {output.with_suffix('.md')}")

@@ -5,7 +5,7 @@ its edges see) and then through `infer_slide` (crop stitching) with each tile si
 agreement is the fraction of stride-8 label-map pixels on which the two agree; the network work is the
 input pixels the tiles feed the network per frame pixel. docs/overlap.md has the table and the choice.
 
-    segcls-bench overlap SLIDE --model MODEL [--mpp 1.0] [--size 2048] [--json F]
+    segcls-bench overlap SLIDE --model MODEL [--mpp 1.0] [--size 2048] [-o F]
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
-from segcls.core.cli import handle_errors
+from segcls.bench.bench_infer import environment, int_list, machine_line
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command, input_path
+from segcls.core.constants import INPUT_MULTIPLE, UNLABELLED
 
 GLASS = 256  # white margin around the whole image: more than the network's receptive field reaches
 
@@ -25,7 +28,8 @@ GLASS = 256  # white margin around the whole image: more than the network's rece
 def whole_image_labels(backend, image: np.ndarray) -> np.ndarray:
     """Stride-8 labels of `image` run whole, on white glass, cropped back to the image."""
     h, w = image.shape[:2]
-    padded = np.pad(image, ((GLASS, GLASS + (-h % 16)), (GLASS, GLASS + (-w % 16)), (0, 0)), constant_values=255)
+    pad_h, pad_w = GLASS + (-h % INPUT_MULTIPLE), GLASS + (-w % INPUT_MULTIPLE)
+    padded = np.pad(image, ((GLASS, pad_h), (GLASS, pad_w), (0, 0)), constant_values=255)
     labels = backend.infer(padded[None]).labels[0]
     g = GLASS // 8
     return labels[g : g + -(-h // 8), g : g + -(-w // 8)]
@@ -38,6 +42,7 @@ def overlap_agreement(
     overlaps: tuple[int, ...] = (0, 16, 32, 48, 64, 128),
     tiles: tuple[int, ...] = (512, 1024),
     tissue: str = "none",
+    progress: bool = False,
 ) -> list[dict]:
     """One row per (tile, overlap): labels agreement with whole-image inference and the network work.
 
@@ -50,7 +55,8 @@ def overlap_agreement(
 
     h, w = image.shape[:2]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, open_model(model) as backend:
+    bar = tqdm(total=len(tiles) * len(overlaps), desc="tile x overlap", disable=not progress)
+    with tempfile.TemporaryDirectory() as tmp, open_model(model) as backend, bar:
         whole = whole_image_labels(backend, image)
         png = Path(tmp) / "region.png"
         Image.fromarray(image).save(png)
@@ -59,8 +65,9 @@ def overlap_agreement(
                 for overlap in overlaps:
                     opts = InferOptions(tile=tile, overlap=overlap, tissue=tissue, mpp=mpp, progress=False)
                     result = infer_slide(slide, backend, Path(tmp) / "mask.tif", opts)
+                    bar.update()
                     run = result.summary["tiles"]["run"]
-                    scored = result.labels != 255  # everything without tissue detection
+                    scored = result.labels != UNLABELLED  # everything without tissue detection
                     rows.append({
                         "tile": tile,
                         "overlap": overlap,
@@ -103,29 +110,28 @@ def markdown(result: dict, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command("overlap")
-@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@command("overlap")
+@click.argument("slide", type=input_path(dir_okay=False))
+@click.option("--model", required=True, type=input_path(dir_okay=False), help="The model run tiled and whole.")
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
-@click.option("--size", default=2048, show_default=True, help="Side of the region, read-frame px.")
+@click.option("--size", default=2048, help="Side of the region, read-frame px.")
 @click.option("--at", default=None, help="X,Y: the region's top left, level-0 px [default: the slide's centre].")
-@click.option("--overlaps", default="0,16,32,48,64,128", show_default=True, callback=int_list)
-@click.option("--tiles", default="512,1024", show_default=True, callback=int_list)
+@click.option("--overlaps", default="0,16,32,48,64,128", callback=int_list, help="Overlaps, px, comma-separated.")
+@click.option("--tiles", default="512,1024", callback=int_list, help="Tile sides, px, comma-separated.")
 @click.option(
     "--tissue",
     type=click.Choice(["none", "auto"]),
     default="none",
-    show_default=True,
     help="auto: tissue detection, tiles trimmed to it; agreement over the tissue pixels.",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
-@handle_errors
-def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_path) -> None:
+@results_options("overlap")
+def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, output, overwrite, quiet) -> None:
     """Labels agreement of tiled vs whole-image inference per overlap and tile size, on a region of SLIDE."""
     from segcls.core.model_info import read_model_info
     from segcls.runtime.slide import open_slide
     from segcls.runtime.tiling import plan_read, read_tile
 
+    check_results(output, overwrite)
     mpp = mpp or read_model_info(model).description.mpp
     with open_slide(slide) as s:
         plan = plan_read(s, mpp)
@@ -133,7 +139,7 @@ def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_p
         x0, y0 = (int(v) for v in at.split(",")) if at else (w0 // 2, h0 // 2)
         x, y = round(x0 / plan.scale) - size // 2 * (at is None), round(y0 / plan.scale) - size // 2 * (at is None)
         image = read_tile(s, plan, x, y, size)
-    rows = overlap_agreement(model, image, mpp, overlaps, tiles, tissue)
+    rows = overlap_agreement(model, image, mpp, overlaps, tiles, tissue, progress=not quiet)
     result = {
         "slide": str(slide),
         "model": str(model),
@@ -147,5 +153,4 @@ def overlap_command(slide, model, mpp, size, at, overlaps, tiles, tissue, json_p
     env = environment()
     text = markdown(result, env)
     click.echo(text)
-    if json_path:
-        write_results(json_path, {"environment": env, "command": command_line(), **result}, text)
+    write_results(output, {"environment": env, "command": command_line(), **result}, text)

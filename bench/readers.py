@@ -1,10 +1,10 @@
 """Read-only throughput: the pipeline's own readers feeding a backend that costs nothing.
 
-`--workers auto` is chosen from these numbers (runtime/pipeline.py `reader_budget`): how many 1024 px
+`--workers auto` is chosen from these numbers (runtime/cores.py `reader_budget`): how many 1024 px
 tiles per second N reader threads decode from a slide, on this machine's cores, with the same reading
 code, batch buffers and tile order as `segcls-infer`.
 
-    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [--json F]
+    segcls-bench readers SLIDE [SLIDE...] [--workers 1,2,4] [--mpp 1.0] [-o F]
 """
 
 from __future__ import annotations
@@ -14,58 +14,30 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from segcls.bench.bench_infer import command_line, environment, int_list, machine_line, write_results
-from segcls.core.cli import handle_errors
-from segcls.core.description import ModelDescription
-from segcls.runtime.backends.base import Backend, BackendOutput
+from segcls.bench.bench_infer import environment, int_list, machine_line
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command, input_path
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 
 
-class NullBackend(Backend):
-    """Outputs of the right shape, computed in no time: what is left is reading and the pipeline's loop."""
-
-    name = "none"
-
-    def __init__(self, mpp: float | None = None, classes: int = 2) -> None:
-        super().__init__()
-        self._description = ModelDescription(classes=tuple(f"c{i}" for i in range(classes)), mpp=mpp)
-        self._out: BackendOutput | None = None
-
-    def load(self) -> None:
-        self.description = self._description
-
-    def infer(self, batch: np.ndarray) -> BackendOutput:
-        b, h, w = batch.shape[0], batch.shape[1] // 8, batch.shape[2] // 8
-        if self._out is None or self._out.labels.shape != (b, h, w):
-            c = self.description.num_classes
-            self._out = BackendOutput(
-                np.zeros((b, h, w), np.uint8), np.zeros((b, c, h, w), np.float32), np.zeros((b, c), np.float32)
-            )
-        return self._out
-
-
-class _Discard:
-    def add(self, tile, labels, probs=None) -> None:
-        pass
-
-
 def read_throughput(slide, plan, tiles, grid, workers: int, batch: int = 4) -> dict:
-    """Tiles/s of the pipeline's reading loop (`_infer_tiles`) over `tiles` with `workers` readers."""
-    from segcls.runtime.pipeline import InferOptions, _infer_tiles
+    """Tiles/s of the pipeline's reader feed (`runtime.feed.TileFeed`) over `tiles` with `workers` readers,
+    each batch released as soon as it is read (nothing runs on it)."""
+    from segcls.runtime.feed import TileFeed
 
-    opts = InferOptions(tile=grid.tile, overlap=grid.overlap, batch=batch, workers=workers, progress=False)
-    backend = NullBackend()
-    backend.load()
     start = time.perf_counter()
-    timings, _ = _infer_tiles(slide, plan, grid, tiles, backend, _Discard(), opts, "read-only")
+    with TileFeed(slide, plan, tiles, batch, grid.tile, workers) as feed:
+        for _ in feed:
+            feed.done()
     seconds = time.perf_counter() - start
     return {
         "workers": workers,
         "tiles": len(tiles),
         "seconds": round(seconds, 3),
         "tiles_per_s": round(len(tiles) / seconds, 2),
-        "read_s_per_tile": round(timings["read"] / max(len(tiles), 1), 4),
+        "read_s_per_tile": round(feed.read_seconds / max(len(tiles), 1), 4),
     }
 
 
@@ -147,28 +119,27 @@ def markdown(results: list[dict], env: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("readers")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--workers", default="1,2,4", show_default=True, callback=int_list, help="Reader thread counts.")
+@command("readers")
+@click.argument("slides", nargs=-1, required=True, type=input_path(dir_okay=False))
+@click.option("--workers", default="1,2,4", callback=int_list, help="Reader thread counts, comma-separated.")
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the slide's level 0].")
-@click.option("--tile", default=1024, show_default=True)
-@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True)
-@click.option("--rounds", default=3, show_default=True)
-@click.option("--max-tiles", default=64, show_default=True, help="Tiles read per measurement.")
+@click.option("--tile", default=1024, help="Tile side at the read resolution, px: a multiple of 16.")
+@click.option("--overlap", default=DEFAULT_OVERLAP, help="Context on each side of a tile, px: a multiple of 16.")
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds, the configurations alternating in each.")
+@click.option("--max-tiles", default=64, type=click.IntRange(1), help="Tiles read per measurement.")
 @click.option(
     "--decoders",
     default="segcls",
-    show_default=True,
     help="segcls (what open_slide picks) and/or openslide (OpenSlide's own decoder), comma-separated.",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
-@handle_errors
-def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, decoders, json_path) -> None:
+@results_options("readers")
+def readers_command(slides, workers, mpp, tile, overlap, rounds, max_tiles, decoders, output, overwrite, quiet) -> None:
     """Read-only tiles/s of the pipeline's readers vs the number of reader threads."""
+    check_results(output, overwrite)
     chosen = tuple(decoders.split(","))
+    slides = tqdm(slides, desc="slides", unit="slide", disable=quiet)
     results = [reader_scaling(s, list(workers), mpp, tile, overlap, rounds, max_tiles, chosen) for s in slides]
     env = environment()
     text = markdown(results, env)
     click.echo(text)
-    if json_path:
-        write_results(json_path, {"environment": env, "command": command_line(), "results": results}, text)
+    write_results(output, {"environment": env, "command": command_line(), "results": results}, text)

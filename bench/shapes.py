@@ -1,10 +1,10 @@
 """`segcls-bench shapes`: what a trimmed tile costs. Milliseconds per Mpx of network input by input shape.
 
-Trimming (`runtime.pipeline.trim_tiles`) pays off on a backend only if a smaller input runs in time
+Trimming (`runtime.plan.trim_tiles`) pays off on a backend only if a smaller input runs in time
 proportional to its area; this measures it. Shapes alternate within each round, so a ratio to the whole
 tile is taken under the same load; the median over rounds is reported, with the range.
 
-    segcls-bench shapes model.onnx [--shapes 1024x1024,1024x256,256x256] [--rounds 3] [--json F]
+    segcls-bench shapes model.onnx [--shapes 1024x1024,1024x256,256x256] [--rounds 3] [-o F]
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
-from segcls.core.cli import handle_errors
+from segcls.bench.bench_infer import environment, machine_line
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command, input_path
+from segcls.core.constants import check_multiple
+from segcls.core.errors import SegclsError
 
 DEFAULT_SHAPES = "1024x1024,1024x928,1024x512,1024x256,512x512,256x1024,256x256,384x640,128x128"
 
@@ -27,19 +31,22 @@ def _shape(text: str) -> tuple[int, int]:
         shape = int(h), int(w)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not HxW (e.g. 1024x256)") from None
-    if min(shape) <= 0 or shape[0] % 16 or shape[1] % 16:
-        raise click.BadParameter(f"{text}: H and W must be positive multiples of 16")
-    return shape
+    try:
+        return check_multiple("H", shape[0]), check_multiple("W", shape[1])
+    except SegclsError as e:
+        raise click.BadParameter(f"{text}: {e}") from None
 
 
-def shape_costs(backend, shapes: list[tuple[int, int]], rounds: int = 3, mpx_per_call: float = 1.0) -> list[dict]:
+def shape_costs(
+    backend, shapes: list[tuple[int, int]], rounds: int = 3, mpx_per_call: float = 1.0, progress: bool = False
+) -> list[dict]:
     """Per shape: ms per Mpx of input (median over rounds) and its ratio to the first shape's, per round."""
     rng = np.random.default_rng(0)
     inputs = {s: rng.integers(0, 256, (1, *s, 3), dtype=np.uint8) for s in shapes}
     for x in inputs.values():
         backend.infer(x)  # allocations, kernel selection
     per_mpx: dict[tuple[int, int], list[float]] = {s: [] for s in shapes}
-    for _ in range(rounds):
+    for _ in tqdm(range(rounds), desc="rounds", disable=not progress):
         for s, x in inputs.items():
             mpx = s[0] * s[1] / 1e6
             calls = max(1, round(mpx_per_call / mpx))
@@ -78,23 +85,22 @@ def markdown(result: dict, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command("shapes")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--shapes", default=DEFAULT_SHAPES, show_default=True, help="Comma-separated HxW inputs.")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
-@handle_errors
-def shapes_command(model, shapes, rounds, json_path) -> None:
+@command("shapes")
+@click.argument("model", type=input_path(dir_okay=False))
+@click.option("--shapes", default=DEFAULT_SHAPES, help="Comma-separated HxW inputs, px.")
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds, the shapes alternating in each.")
+@results_options("shapes")
+def shapes_command(model, shapes, rounds, output, overwrite, quiet) -> None:
     """Milliseconds per Mpx of network input by input shape: does a trimmed tile cost its area?"""
     from segcls.runtime.pipeline import open_model
 
+    check_results(output, overwrite)
     chosen = [_shape(s) for s in shapes.split(",")]
     with open_model(model) as backend:
-        rows = shape_costs(backend, chosen, rounds)
+        rows = shape_costs(backend, chosen, rounds, progress=not quiet)
         device = backend.device
     result = {"model": str(model), "device": device, "rounds": rounds, "rows": rows}
     env = environment()
     text = markdown(result, env)
     click.echo(text)
-    if json_path:
-        write_results(json_path, {"environment": env, "command": command_line(), **result}, text)
+    write_results(output, {"environment": env, "command": command_line(), **result}, text)

@@ -6,7 +6,14 @@ the mask written (the process wall, also recorded, adds imports and, for segcls,
 read-only passes). Rounds alternate the methods, and every ratio is taken within a round, then the median and
 range over rounds are reported: on a shared machine the load moves between rounds, not within one pair.
 
-    segcls-bench slide SLIDE --model MODEL [--mpp X] [--rounds 3] [--json F]
+    segcls-bench slide SLIDE --model MODEL [--model MODEL@BACKEND[:PRECISION] ...] [--mpp X] [--rounds 3] [-o F]
+
+The first `--model` is "segcls" (its defaults: `--backend auto` picks the backend); every further one is
+segcls again on that model, backend and precision (e.g. `model.int8.onnx@onnxruntime`,
+`model.onnx@openvino:bf16`), alternating with the others in the same rounds, with its own speedup over the
+plain loop and over the first, and its pipeline / backend-only ratio (`variants` in the JSON). Before the
+rounds each segcls run is opened once, untimed, so that `--backend auto`'s measurement and OpenVINO's
+compilation land in their caches, not in a timed round.
 
 JSON keys: `e2e_over_backend` (pipeline Mpx/s of network input over the backend alone on a sample of the
 same tiles in memory; trimmed tiles differ in size, so pixels, not tiles, are the unit),
@@ -27,10 +34,14 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
-from segcls.bench.bench_infer import command_line, environment, machine_line, write_results
-from segcls.core.cli import handle_errors
+from segcls.bench.bench_infer import environment, machine_line
+from segcls.bench.latency import ModelRun
+from segcls.bench.report import check_results, command_line, results_options, write_results
+from segcls.core.cli import command, input_path
 from segcls.core.errors import SegclsError
+from segcls.runtime.summary import choice_text
 
 METHODS = ("segcls", "plain", "window", "before")
 DEFAULT_METHODS = METHODS[:3]
@@ -44,16 +55,32 @@ LABELS = {
 
 
 def run_method(
-    method: str, slide: Path, model: Path, out: Path, mpp: float | None, options: dict, before: dict | None = None
+    method: str,
+    slide: Path,
+    model: Path | ModelRun,
+    out: Path,
+    mpp: float | None,
+    options: dict,
+    before: dict | None = None,
+    open_only: bool = False,
 ) -> dict:
-    """One method in a fresh Python process; its JSON line plus the wall time seen from outside."""
+    """One method in a fresh Python process; its JSON line plus the wall time seen from outside. `model`
+    may name a backend and precision for segcls (`ModelRun`); `open_only`: segcls only opens the model, as
+    its run would (`--backend auto`'s probe and OpenVINO's compilation are then cached) and writes nothing."""
+    run = model if isinstance(model, ModelRun) else ModelRun(Path(model))
     if method == "before":  # segcls with other settings (`before`), for a before/after in one run
         method, options = "segcls", {**options, **(before or DEFAULT_BEFORE)}
-    cmd = [sys.executable, "-m", "segcls.bench.baselines", method, str(slide), str(model), str(out)]
+    if method == "segcls" and run.backend:
+        options = {**options, "backend": run.backend}
+    cmd = [sys.executable, "-m", "segcls.bench.baselines", method, str(slide), str(run.path), str(out)]
     if mpp is not None:
         cmd += ["--mpp", str(mpp)]
     if method == "segcls" and options:
         cmd += ["--options", json.dumps(options)]
+    if method == "segcls" and run.precision:
+        cmd += ["--precision", run.precision]
+    if open_only:
+        cmd += ["--open-only"]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -79,31 +106,68 @@ def bench_slide(
     keep_masks: Path | None = None,
     baseline_model: str | Path | None = None,
     before: dict | None = None,
+    variants: tuple[str, ...] = (),
+    progress: bool = False,
 ) -> dict:
-    """Alternate `methods` over `rounds`; per-round ratios, medians and ranges. See the module docstring.
+    """Alternate `methods` (and segcls on each of `variants`, `MODEL@BACKEND[:PRECISION]`) over `rounds`;
+    per-round ratios, medians and ranges. See the module docstring.
 
-    `baseline_model` (default `model`) is what the baselines run: e.g. segcls on an INT8 model against the
-    loops users write on the FP32 one.
+    `model` may be `MODEL@BACKEND[:PRECISION]` too. `baseline_model` (default `model`) is what the baselines
+    run: e.g. segcls on an INT8 model against the loops users write on the FP32 one.
     """
-    slide, model = Path(slide), Path(model)
-    baseline = Path(baseline_model or model)
+    slide, main = Path(slide), ModelRun.parse(model)
+    extra = [ModelRun.parse(v) for v in variants]
+    baseline = Path(baseline_model or main.path)
     before = before or DEFAULT_BEFORE
     if "window" in methods and importlib.util.find_spec("monai") is None:
         methods = tuple(m for m in methods if m != "window")  # the optional `bench` extra is not installed
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
-    with tempfile.TemporaryDirectory() as tmp:
+    runs_of = {m: (main if m in ("segcls", "before") else ModelRun(baseline)) for m in methods}
+    runs_of |= {str(v): v for v in extra}
+    for run in (main, *extra):  # untimed: auto's measurement and OpenVINO's compilation go to their caches
+        run_method("segcls", slide, run, Path(tempfile.gettempdir()) / "unused.tif", mpp, options or {}, open_only=True)
+    runs: dict[str, list[dict]] = {m: [] for m in runs_of}
+    bar = tqdm(total=rounds * len(runs_of), desc="runs", unit="run", disable=not progress)
+    with tempfile.TemporaryDirectory() as tmp, bar:
         folder = Path(keep_masks or tmp)
         for r in range(rounds):
-            order = methods if r % 2 == 0 else methods[::-1]  # no method always runs first or last
-            for method in order:
-                used = model if method in ("segcls", "before") else baseline
-                out = folder / f"{method}.tif"
-                runs[method].append(run_method(method, slide, used, out, mpp, options or {}, before))
-    result = summarize(slide, model, runs, rounds, options or {})
+            order = list(runs_of) if r % 2 == 0 else list(runs_of)[::-1]  # no method always runs first or last
+            for i, name in enumerate(order):
+                method = name if name in METHODS else "segcls"
+                out = folder / f"{method}-{i}.tif"
+                runs[name].append(run_method(method, slide, runs_of[name], out, mpp, options or {}, before))
+                bar.update()
+    result = summarize(slide, main.path, {m: runs[m] for m in methods}, rounds, options or {})
+    result["model_run"] = str(main)
+    result["variants"] = {str(v): summarize_variant(runs[str(v)], runs) for v in extra}
+    result.setdefault("runs", {}).update({str(v): runs[str(v)] for v in extra})
     if "before" in runs:
         result["before"] = before
     result["baseline_model"] = str(baseline)
     return result
+
+
+def summarize_variant(variant: list[dict], runs: dict[str, list[dict]]) -> dict:
+    """One `MODEL@BACKEND[:PRECISION]` segcls run against the plain loop and the first model's segcls."""
+    first = variant[0]["summary"]
+    out = {
+        "backend": first["backend"],
+        "precision": first.get("precision"),
+        "device": first["device"],
+        "seconds": _spread([v["seconds"] for v in variant]),
+        "tiles": first["tiles"],
+        "peak_rss_mb": _spread([v["peak_rss_mb"] for v in variant]),
+        "e2e_over_backend": _spread([v["e2e_mpx_per_s"] / v["backend_only"]["mpx_per_s"] for v in variant]),
+        "backend_only_tiles_per_s": _spread([v["backend_only"]["tiles_per_s"] for v in variant]),
+        "segcls_over_this": _spread(
+            [s["seconds"] / v["seconds"] for s, v in zip(runs["segcls"], variant, strict=True)]
+        ),
+        "stages_s": {k: _spread([v["summary"]["timings_s"][k] for v in variant]) for k in first["timings_s"]},
+    }
+    if "plain" in runs:
+        out["speedup_vs_plain_loop"] = _spread(
+            [p["seconds"] / v["seconds"] for p, v in zip(runs["plain"], variant, strict=True)]
+        )
+    return out
 
 
 def summarize(slide: Path, model: Path, runs: dict[str, list[dict]], rounds: int, options: dict) -> dict:
@@ -148,6 +212,8 @@ def summarize(slide: Path, model: Path, runs: dict[str, list[dict]], rounds: int
     result["segcls"] = {
         "readers": segcls[0]["summary"]["readers"],
         "backend": segcls[0]["summary"]["backend"],
+        "precision": segcls[0]["summary"].get("precision"),
+        "backend_choice": segcls[0]["summary"].get("backend_choice"),
         "device": segcls[0]["summary"]["device"],
         "e2e_tiles_per_s": _spread([s["e2e_tiles_per_s"] for s in segcls]),
         "backend_only_tiles_per_s": _spread([s["backend_only"]["tiles_per_s"] for s in segcls]),
@@ -177,7 +243,8 @@ def markdown(result: dict, env: dict) -> str:
             else ""
         )
         + f"; {result['rounds']} rounds alternating the methods, each run in "
-        f"its own process; median (range). segcls: {seg['backend']} on {seg['device']}, {seg['readers']} "
+        f"its own process; median (range). segcls: {seg['backend']} {seg.get('precision') or ''} on "
+        f"{seg['device']}{choice_text(seg.get('backend_choice'))}, {seg['readers']} "
         f"reader thread(s), {tiles['total'] - tiles['skipped']} of {tiles['total']} tiles run"
         + (
             f" as {tiles['run']} network inputs, {tiles['input_mpx']:.1f} Mpx (trimmed tiles)."
@@ -217,6 +284,21 @@ def markdown(result: dict, env: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {name} | {fmt(v)} |" for name, v in result["segcls_stages_s"].items()]
+    if result.get("variants"):
+        lines += [
+            "",
+            "segcls on other models, backends, precisions (same rounds; speedups from the same round's seconds):",
+            "",
+            "| segcls run | backend | precision | seconds | vs plain loop | first segcls / this | e2e / backend-only "
+            "| backend-only tiles/s | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, v in result["variants"].items():
+            lines.append(
+                f"| {Path(name).name} | {v['backend']} | {v['precision']} | {fmt(v['seconds'])} "
+                f"| {fmt(v.get('speedup_vs_plain_loop'), 'x')} | {fmt(v['segcls_over_this'], 'x')} "
+                f"| {fmt(v['e2e_over_backend'])} | {fmt(v['backend_only_tiles_per_s'])} | {fmt(v['peak_rss_mb'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -236,21 +318,34 @@ def _options_text(options: dict | None) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in (options or {}).items())
 
 
-@click.command("slide")
-@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@command("slide")
+@click.argument("slide", type=input_path(dir_okay=False))
+@click.option(
+    "--model",
+    "models",
+    required=True,
+    multiple=True,
+    metavar="MODEL[@BACKEND[:PRECISION]]",
+    help="segcls' model; repeated: segcls again on each further one (e.g. m.int8.onnx@onnxruntime, "
+    "m.onnx@openvino:bf16), in the same rounds.",
+)
+@click.option("--baseline-model", type=input_path(dir_okay=False),
               help="The model the baselines run [default: --model].")  # fmt: skip
 @click.option("--mpp", type=float, help="Read resolution, um/px [default: the model's training mpp].")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--rounds", default=3, type=click.IntRange(1), help="Rounds, the methods alternating in each.")
 @click.option(
     "--methods",
     default=",".join(DEFAULT_METHODS),
-    show_default=True,
     help="Comma-separated subset of segcls,plain,window,before (segcls is always run; before: segcls with "
     "the --before options, the before of a before/after).",
 )
-@click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="An InferOptions field for segcls.")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="An InferOptions field for segcls; repeatable [default: segcls-infer's defaults].",
+)
 @click.option(
     "--before",
     "before",
@@ -258,17 +353,21 @@ def _options_text(options: dict | None) -> str:
     metavar="KEY=JSON",
     help="An InferOptions field for the 'before' method, over --option [default: trim=false].",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON (+ .md).")
-@handle_errors
-def slide_command(slide, model, baseline_model, mpp, rounds, methods, options, before, json_path) -> None:
+@results_options("slide")
+def slide_command(
+    slide, models, baseline_model, mpp, rounds, methods, options, before, output, overwrite, quiet
+) -> None:
     """segcls-infer vs the plain loop and the whole-frame sliding window on SLIDE: wall, tiles, peak RSS."""
+    check_results(output, overwrite)
     chosen = tuple(m for m in METHODS if m == "segcls" or m in methods.split(","))
+    for run in map(ModelRun.parse, models):
+        if not run.path.is_file():
+            raise SegclsError(f"model not found: {run.path}")
     result = bench_slide(
-        slide, model, mpp, rounds, chosen, _key_values(options), baseline_model=baseline_model,
-        before=_key_values(before) or None,
+        slide, models[0], mpp, rounds, chosen, _key_values(options), baseline_model=baseline_model,
+        before=_key_values(before) or None, variants=tuple(models[1:]), progress=not quiet,
     )  # fmt: skip
     env = environment()
     text = markdown(result, env)
     click.echo(text)
-    if json_path:
-        write_results(json_path, {"environment": env, "command": command_line(), **result}, text)
+    write_results(output, {"environment": env, "command": command_line(), **result}, text)

@@ -69,6 +69,7 @@ def export_onnx(
     verify: bool = True,
     verify_size: int = 256,
     log: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
 ) -> ExportResult:
     """Export `checkpoint` to `output` (.onnx); raises ExportError when the model fails verification."""
     import onnx
@@ -104,7 +105,7 @@ def export_onnx(
         log(f"exported {precision} ONNX (opset {exported_opset}) in {export_seconds:.1f} s; checker passed")
         report, verify_start = None, time.perf_counter()
         if verify:
-            report = verify_onnx(tmp, deployed, precision, size=verify_size, progress=True)
+            report = verify_onnx(tmp, deployed, precision, size=verify_size, progress=progress)
             log(report.summary())
             report.raise_if_failed(output)
         verify_seconds = time.perf_counter() - verify_start

@@ -16,82 +16,31 @@ swapped H/W or a baked-in size fails). Tolerances, after Polygraphy's `CompareFu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segcls.core.errors import ExportError
 from segcls.core.model_info import INPUT_NAME
+from segcls.core.verification import (
+    FP16_MIN_AGREEMENT,
+    FP16_SCORES_TOL,
+    FP32_MIN_AGREEMENT,
+    FP32_PROBS_ATOL,
+    INT8_MAX_F1_DELTA,
+    INT8_MIN_AGREEMENT,
+    Figure,
+    VerificationReport,
+    random_images,
+    tissue_like_images,
+)
 
-FP32_PROBS_ATOL = 1e-4
-FP32_MIN_AGREEMENT = 0.999
-FP16_MIN_AGREEMENT = 0.995
-FP16_SCORES_TOL = 1e-2
-INT8_MIN_AGREEMENT = 0.99
-INT8_MAX_F1_DELTA = 0.01  # 1 point of macro F1
-
-
-def random_images(batch: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-
-
-def tissue_like_images(batch: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """H&E-looking tiles: white background, smooth pink stroma, purple nuclei, a little noise."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    out = np.empty((batch, height, width, 3), np.uint8)
-    for b in range(batch):
-        coarse = rng.random((height // 16 + 2, width // 16 + 2)).astype(np.float32)
-        smooth = np.kron(coarse, np.ones((16, 16), np.float32))[:height, :width]
-        tissue = (smooth > 0.35)[..., None]
-        image = np.where(tissue, [236, 160, 200], [242, 242, 240]).astype(np.float32)
-        image += (smooth[..., None] - 0.5) * [-30, -50, -20]
-        for cy, cx, r in zip(rng.uniform(0, height, 40), rng.uniform(0, width, 40), rng.uniform(2, 6, 40), strict=True):
-            nucleus = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None] & tissue
-            image = np.where(nucleus, [90, 50, 140], image)
-        image += rng.normal(0, 6, image.shape)
-        out[b] = np.clip(image, 0, 255).astype(np.uint8)
-    return out
-
-
-@dataclass
-class Figure:
-    name: str
-    value: float
-    limit: float
-    higher_is_better: bool = False
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
-
-    def __str__(self) -> str:
-        op = ">=" if self.higher_is_better else "<="
-        return f"{self.name} {self.value:.3g} ({'ok' if self.passed else 'FAIL'}, needs {op} {self.limit:g})"
-
-
-@dataclass
-class VerificationReport:
-    precision: str
-    reference: str = "torch FP32"
-    figures: list[Figure] = field(default_factory=list)
-    info: dict[str, float] = field(default_factory=dict)  # reported, not judged
-    cases: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(f.passed for f in self.figures)
-
-    def summary(self) -> str:
-        judged = "; ".join(str(f) for f in self.figures)
-        shown = ", ".join(f"{k} {v:.3g}" for k, v in self.info.items())
-        cases = f"{self.precision}, ONNX Runtime CPU vs {self.reference}, {len(self.cases)} cases"
-        return f"verification ({cases}): {judged}; {shown}"
-
-    def raise_if_failed(self, path: str | Path) -> None:
-        if not self.passed:
-            failed = "; ".join(str(f) for f in self.figures if not f.passed)
-            raise ExportError(f"{path} failed verification: {failed}")
+__all__ = [
+    "FP16_MIN_AGREEMENT", "FP16_SCORES_TOL", "FP32_MIN_AGREEMENT", "FP32_PROBS_ATOL", "INT8_MAX_F1_DELTA",
+    "INT8_MIN_AGREEMENT", "Figure", "Fp32Reference", "VerificationReport", "float32_compute", "fp32_reference",
+    "predict_labels", "random_images", "tissue_like_images", "verify_int8", "verify_onnx",
+]  # fmt: skip
 
 
 def verify_onnx(
@@ -142,6 +91,33 @@ def verify_onnx(
     return report
 
 
+@dataclass
+class Fp32Reference:
+    """What the FP32 model gives on the verification data, computed once for every INT8 attempt."""
+
+    labels: list[np.ndarray]  # per batch of held-out tiles
+    class_scores: list[np.ndarray]
+    test_f1: float  # test-split macro F1 against the ground truth
+
+
+def fp32_reference(
+    fp32_path: str | Path, tiles: np.ndarray, test: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
+    batch: int = 4,
+) -> Fp32Reference:  # fmt: skip
+    from segcls.core.metrics import ConfusionMatrix
+
+    fp32 = _cpu_session(fp32_path)
+    labels, scores = [], []
+    for start in range(0, len(tiles), batch):
+        got = fp32.run(["labels", "class_scores"], {INPUT_NAME: tiles[start : start + batch]})
+        labels.append(got[0])
+        scores.append(got[1])
+    matrix = ConfusionMatrix(num_classes)
+    for image, mask in test:
+        matrix.update(mask, predict_labels(fp32, image))
+    return Fp32Reference(labels, scores, float(matrix.scores().macro_f1))
+
+
 def verify_int8(
     int8_path: str | Path,
     fp32_path: str | Path,
@@ -151,28 +127,31 @@ def verify_int8(
     min_agreement: float = INT8_MIN_AGREEMENT,
     max_f1_delta: float = INT8_MAX_F1_DELTA,
     batch: int = 4,
+    reference: Fp32Reference | None = None,
+    progress: bool = True,
 ) -> VerificationReport:
     """Compare the INT8 model with the FP32 one: labels on held-out `tiles` (uint8 NHWC), and macro F1 on
-    the `test` (image, mask) pairs, whole images as `segcls.evaluate` scores them."""
+    the `test` (image, mask) pairs, whole images as `segcls.evaluate` scores them. `reference`: the FP32
+    model's figures on the same data (`fp32_reference`), computed here if not given."""
     from tqdm import tqdm
 
     from segcls.core.metrics import ConfusionMatrix
 
-    int8, fp32 = _cpu_session(int8_path, "int8"), _cpu_session(fp32_path)
+    reference = reference or fp32_reference(fp32_path, tiles, test, num_classes, batch)
+    int8 = _cpu_session(int8_path, "int8")
     same = total = 0
     scores_diff = 0.0
-    for start in tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False):
-        images = tiles[start : start + batch]
-        got = int8.run(["labels", "probs", "class_scores"], {INPUT_NAME: images})
-        ref = fp32.run(["labels", "probs", "class_scores"], {INPUT_NAME: images})
-        _check_outputs(got, ref, int8_path)
-        same, total = same + int((got[0] == ref[0]).sum()), total + got[0].size
-        scores_diff = max(scores_diff, float(np.abs(got[2] - ref[2]).max()))
-    matrices = {"int8": ConfusionMatrix(num_classes), "fp32": ConfusionMatrix(num_classes)}
-    for image, mask in tqdm(test, desc="verify test F1", leave=False):
-        for name, session in (("int8", int8), ("fp32", fp32)):
-            matrices[name].update(mask, predict_labels(session, image))
-    f1 = {name: float(m.scores().macro_f1) for name, m in matrices.items()}
+    starts = tqdm(range(0, len(tiles), batch), desc="verify tiles", leave=False, disable=not progress)
+    for i, start in enumerate(starts):
+        got = int8.run(["labels", "probs", "class_scores"], {INPUT_NAME: tiles[start : start + batch]})
+        ref_labels, ref_scores = reference.labels[i], reference.class_scores[i]
+        _check_outputs(got[:1] + got[2:], [ref_labels, ref_scores], int8_path, ("labels", "class_scores"))
+        same, total = same + int((got[0] == ref_labels).sum()), total + got[0].size
+        scores_diff = max(scores_diff, float(np.abs(got[2] - ref_scores).max()))
+    matrix = ConfusionMatrix(num_classes)
+    for image, mask in tqdm(test, desc="verify test F1", leave=False, disable=not progress):
+        matrix.update(mask, predict_labels(int8, image))
+    f1 = {"int8": float(matrix.scores().macro_f1), "fp32": reference.test_f1}
     report = VerificationReport("int8", reference="ONNX FP32")
     report.cases = [f"{len(tiles)} held-out tiles {tiles.shape[1]}x{tiles.shape[2]}", f"{len(test)} test images"]
     report.figures = [
@@ -211,8 +190,10 @@ def _cpu_session(path: str | Path, precision: str = "fp32"):
         raise ExportError(f"ONNX Runtime cannot load the exported model {path}: {e}") from None
 
 
-def _check_outputs(got: list[np.ndarray], ref: list[np.ndarray], path) -> None:
-    for name, g, r in zip(("labels", "probs", "class_scores"), got, ref, strict=True):
+def _check_outputs(
+    got: list[np.ndarray], ref: list[np.ndarray], path, names: tuple[str, ...] = ("labels", "probs", "class_scores")
+) -> None:
+    for name, g, r in zip(names, got, ref, strict=True):
         if g.shape != r.shape:
             raise ExportError(f"{path}: output '{name}' has shape {g.shape}; torch gives {r.shape}")
     if got[0].dtype != np.uint8:

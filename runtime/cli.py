@@ -3,84 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from segcls.core.cli import handle_errors
-from segcls.core.errors import SegclsError
+from segcls.core.cli import (
+    check_input,
+    command,
+    input_path,
+    output_option,
+    overwrite_option,
+    quiet_option,
+    removed_on_failure,
+)
 from segcls.runtime.backends import BACKENDS, PRECISIONS
+from segcls.runtime.outputs import AUTO, EXTRA_OUTPUTS, expand_slides
 from segcls.runtime.stitch import STITCH_MODES
 from segcls.runtime.tiling import DEFAULT_OVERLAP
 
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-    ".png", ".jpg", ".jpeg",
-}  # fmt: skip
-# Optional outputs: option name -> file suffix beside the mask.
-EXTRA_OUTPUTS = {
-    "overlay": ".overlay.png",
-    "geojson": ".geojson",
-    "probs": ".probs.npy",
-    "summary": ".summary.json",
-}
-AUTO = "-"  # the value of a bare `--overlay`: name it after the mask
 LOCAL_RAY = "local"  # the value of a bare `--ray`: start Ray on this machine
-
-
-def expand_slides(args: tuple[str, ...]) -> tuple[list[Path], bool]:
-    """Files, folders (their slide files) and globs -> (slides, whether OUT is a folder)."""
-    slides: list[Path] = []
-    many = len(args) > 1
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
-            if not found:
-                raise SegclsError(f"no slide files in folder {path}")
-            slides += found
-            many = True
-        elif not path.exists() and glob.has_magic(arg):
-            found = sorted(Path(p) for p in glob.glob(arg))
-            if not found:
-                raise SegclsError(f"no files match {arg}")
-            slides += found
-            many = True
-        else:
-            slides.append(path)  # a missing file is reported when its turn comes
-    names = [s.stem for s in slides]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if many and duplicates:
-        raise SegclsError(f"several slides are named {duplicates[0]}: their outputs would collide in one folder")
-    return slides, many
-
-
-def stem(mask: Path) -> Path:
-    """`out/NAME.mask.tif` -> `out/NAME`: where the optional outputs of a mask go."""
-    name = mask.name
-    for suffix in (".tiff", ".tif"):
-        name = name.removesuffix(suffix)
-    return mask.with_name(name.removesuffix(".mask"))
-
-
-def plan_outputs(slide: Path, out: Path, many: bool, extras: dict[str, str | None]) -> dict[str, Path]:
-    """The mask path and each requested optional output for one slide. An existing folder given for one
-    slide is a folder too (`-o out/` -> out/NAME.mask.tif), never an output that is "done already"."""
-    mask = out / f"{slide.stem}.mask.tif" if many or out.is_dir() else out
-    paths = {}
-    for kind, value in extras.items():
-        if value is None:
-            continue
-        if value == AUTO:
-            paths[kind] = Path(f"{stem(mask)}{EXTRA_OUTPUTS[kind]}")
-        elif many or Path(value).is_dir():  # a folder for every slide's file of that kind
-            paths[kind] = Path(value) / f"{slide.stem}{EXTRA_OUTPUTS[kind]}"
-        else:
-            paths[kind] = Path(value)
-    return {**paths, "mask": mask}
 
 
 def _extra_option(kind: str, what: str):
@@ -91,63 +33,66 @@ def _extra_option(kind: str, what: str):
         default=None,
         metavar="PATH",
         help=f"Also write {what}. Bare: next to the mask as NAME{EXTRA_OUTPUTS[kind]}; with several slides "
-        "PATH is a folder.",
+        "PATH is a folder [default: not written].",
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("segcls-infer")
 @click.argument("slides", nargs=-1, required=True)
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Mask file (one slide) or folder (several slides, a folder or a glob).",
-)
+@output_option("Mask file (one slide) or folder (several slides, a folder or a glob, or --ray).", required=True)
 @click.option(
     "--model",
     required=True,
-    type=click.Path(path_type=Path),
+    type=input_path(dir_okay=False),
     help="Exported .onnx, TensorRT .engine (+ its .json sidecar) or training checkpoint .pt.",
 )
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
     default="auto",
-    show_default=True,
-    help="auto: the backend for the model file, on the fastest device that really runs here.",
+    help="auto: for an .onnx the fastest of ONNX Runtime and OpenVINO that verifies on this machine (timed once "
+    "per model and machine, cached in ~/.cache/segcls/backends); else the backend of the model file, on the "
+    "fastest device that really runs here.",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="torch backend only [default: fp16 on CUDA, fp32 on the CPU]; exported models keep theirs.",
+    help="[default: an exported model's own; torch: fp16 on CUDA, fp32 on the CPU] bf16: an FP32 .onnx on "
+    "OpenVINO, on CPUs with AVX512-BF16 or AMX, checked against FP32 before use; torch: fp32 is IEEE (no TF32), "
+    "tf32 allows TF32 on CUDA.",
 )
-@click.option("--batch", default=4, show_default=True, help="Tiles per inference call.")
-@click.option("--tile", default=1024, show_default=True, help="Tile side at the read resolution, px (x16).")
-@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True, help="Context on each side of a tile, px (x16).")
+@click.option("--batch", default=4, help="Tiles per inference call.")
+@click.option("--tile", default=1024, help="Tile side at the read resolution, px: a multiple of 16.")
+@click.option(
+    "--overlap", default=DEFAULT_OVERLAP, help="Context on each side of a tile, read-resolution px: a multiple of 16."
+)
 @click.option(
     "--stitch",
     type=click.Choice(STITCH_MODES),
     default="crop",
-    show_default=True,
     help="crop: each pixel from the one tile whose centre holds it; blend: smooth average.",
 )
 @click.option("--mpp", type=float, help="Read at this resolution, um/px [default: the model's training mpp].")
-@click.option("--slide-mpp", type=float, help="The slide's level-0 um/px, for slides that lack it or lie.")
-@click.option("--level", type=int, help="Read this pyramid level as is (no resampling; mpp may be unknown).")
+@click.option(
+    "--slide-mpp",
+    type=float,
+    help="The slide's level-0 um/px, for slides that lack it or lie [default: from the slide's metadata].",
+)
+@click.option(
+    "--level",
+    type=int,
+    help="Read this pyramid level as is (no resampling; mpp may be unknown) [default: the level --mpp needs].",
+)
 @click.option("--out-mpp", type=float, help="Mask resolution, um/px [default: the slide's level 0].")
 @click.option(
     "--tissue",
     default="auto",
-    show_default=True,
     metavar="auto|none|PATH",
     help="Tissue detection on a thumbnail, every tile, or a mask image (nonzero = tissue).",
 )
 @click.option(
     "--trim/--no-trim",
     default=True,
-    show_default=True,
     help="CPU backends, crop stitching: run each tile cut down to the tissue in its centre, split where "
     "the tissue is scattered (same --overlap of context per pixel, less network work); --no-trim runs "
     "whole tiles.",
@@ -157,37 +102,42 @@ def _extra_option(kind: str, what: str):
 @click.option(
     "--geojson-per-region",
     is_flag=True,
-    help="GeoJSON: one annotation per connected region instead of one MultiPolygon per class.",
+    help="GeoJSON: one annotation per connected region [default: one MultiPolygon per class].",
 )
 @click.option(
     "--geojson-min-area",
     type=click.FloatRange(min=0),
     default=0.0,
     metavar="UM2",
-    help="GeoJSON: leave out regions smaller than this many um^2 [default: keep all].",
+    help="GeoJSON: leave out regions smaller than this many um^2 (0 keeps all).",
 )
 @_extra_option("probs", "class probabilities at stride 8, float16 (C, H/8, W/8) .npy")
 @_extra_option("summary", "a JSON summary (areas, slide class, timings)")
 @click.option(
     "--truth",
-    type=click.Path(path_type=Path),
-    help="Ground-truth label mask (segcls TIFF, 255 = ignore): pixel F1 in the result line and summary.",
+    type=input_path(dir_okay=False),
+    help="Ground-truth label mask (segcls TIFF, 255 = unlabelled): pixel F1 in the result line and summary "
+    "[default: none].",
 )
 @click.option(
     "--workers",
     default="auto",
-    show_default=True,
     metavar="auto|N",
     help="Tile reader threads; auto: 1 per 8 cores beside a CPU backend, all cores but one beside a GPU.",
 )
 @click.option(
     "--sessions",
     default="auto",
-    show_default=True,
     metavar="auto|N",
     help="ONNX Runtime on the CPU: N sessions sharing the cores run tiles side by side; auto: 2 from 2 cores on.",
 )
-@click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist.")
+@click.option(
+    "--skip-damaged",
+    is_flag=True,
+    help="A stored tile the decoder refuses (corrupt or cut-short data) is read as glass, its region is 255 "
+    "(unlabelled) in the mask and listed in --summary [default: stop the slide with one line naming the tile].",
+)
+@overwrite_option(help="Redo slides whose outputs exist [default: skip them, saying so].")
 @click.option(
     "--ray",
     "ray_address",
@@ -195,70 +145,68 @@ def _extra_option(kind: str, what: str):
     flag_value=LOCAL_RAY,
     default=None,
     metavar="[ADDRESS]",
-    help="Run the slides on Ray, one task per slide; OUT is a folder. Bare: a local Ray instance on this "
-    "machine's cores; 'auto' or ray://host:port: an existing cluster. Needs 'segcls[cluster]'.",
+    help="Run the slides on Ray, one task per slide; OUTPUT is a folder. Bare: a local Ray instance on this "
+    "machine's cores; 'auto' or ray://host:port: an existing cluster. Needs 'segcls[cluster]' [default: no Ray].",
 )
 @click.option("--ray-workers", type=int, help="Ray workers, each holding one model [default: as many as fit].")
-@click.option("--ray-cpus", default=1.0, show_default=True, help="CPUs per slide task (ONNX Runtime threads).")
+@click.option("--ray-cpus", default=1.0, help="CPUs per slide task (ONNX Runtime threads).")
 @click.option("--ray-gpus", type=float, help="GPUs per slide task [default: 1 if the cluster has GPUs, else 0].")
-@click.option("--ray-retries", default=2, show_default=True, help="Retries of a slide whose Ray worker died.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@handle_errors
-def main(slides, out: Path, model: Path, overwrite: bool, quiet: bool, ray_address: str | None, **options) -> None:
+@click.option("--ray-retries", default=2, help="Retries of a slide whose Ray worker died.")
+@quiet_option
+def main(slides, output: Path, model: Path, overwrite: bool, quiet: bool, ray_address: str | None, **options) -> None:
     """Segment SLIDE... and write NAME.mask.tif pyramids (+ the optional outputs).
 
-    With one slide OUT is the mask file; with several (or a folder or glob, or --ray) OUT is a folder, and
-    a table of the slides done / skipped / failed ends the run, also written as OUT/cohort.csv.
+    With one slide OUTPUT is the mask file; with several (or a folder or glob, or --ray) OUTPUT is a folder,
+    and a table of the slides done / skipped / failed ends the run, also written as OUTPUT/cohort.csv.
+    Slides whose outputs exist are skipped (--overwrite redoes them). Every slide, the model and a --tissue
+    mask must exist before the model is opened. A failed run removes the folders it made and, for one
+    slide, its outputs; a cohort keeps the slides it finished.
     """
-    from segcls.runtime.cohort import infer_cohort, make_folders, pending_slides, run_slide, slide_options, write_table
-    from segcls.runtime.pipeline import InferOptions, infer_slide, open_model, result_line
+    paths, many = expand_slides(slides)
+    for path in paths:
+        check_input(path, "slide")
+    if options["tissue"] not in ("auto", "none"):
+        check_input(options["tissue"], "tissue mask")
+    folders = [Path(options[k]) for k in EXTRA_OUTPUTS if options[k] not in (None, AUTO)]
+    keep = Path.is_file if many or ray_address is not None else None  # a cohort keeps its finished slides
+    with removed_on_failure(output, *folders, keep=keep):
+        _infer(paths, many, output, model, overwrite, quiet, ray_address, **options)
+
+
+def _infer(
+    paths: list[Path], many: bool, out: Path, model: Path, overwrite: bool, quiet: bool, ray_address: str | None,
+    **options,
+) -> None:  # fmt: skip
+    from segcls.runtime.cohort import LocalRunner, ModelSpec, infer_cohort
+    from segcls.runtime.options import InferOptions
+    from segcls.runtime.outputs import plan_outputs, slide_options
+    from segcls.runtime.pipeline import infer_slide
+    from segcls.runtime.ray_runner import RayRunner
 
     ray = {k.removeprefix("ray_"): options.pop(k) for k in ("ray_workers", "ray_cpus", "ray_gpus", "ray_retries")}
-    paths, many = expand_slides(slides)
     if options["truth"] is not None and (many or ray_address):
         raise click.UsageError("--truth scores one slide: give a single SLIDE")
     extras = {k: options.pop(k) for k in EXTRA_OUTPUTS}
     precision = options.pop("precision")
     opts = InferOptions(progress=not quiet, **options)
-    if ray_address is not None:
-        address = None if ray_address == LOCAL_RAY else ray_address
-        rows = infer_cohort(
-            paths, model, out, dataclasses.replace(opts, **extras), address, overwrite=overwrite,
-            workers=ray["workers"], cpus_per_slide=ray["cpus"], gpus_per_slide=ray["gpus"], retries=ray["retries"],
-            precision=precision,
-        )  # fmt: skip
-        _exit_if_failed(sum(r.status == "failed" for r in rows), sum(r.status != "skipped" for r in rows))
+    spec = ModelSpec.of(model, opts, precision)
+    if ray_address is None and not many:  # one slide: its error is the command's error
+        outputs = plan_outputs(paths[0], out, False, extras)
+        if not overwrite and all(p.exists() for p in outputs.values()):
+            click.echo(f"{paths[0].name}: done already ({outputs['mask']}); --overwrite to redo", err=True)
+            return
+        with spec.open(log=lambda message: click.echo(message, err=True)) as backend:
+            click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
+            result = infer_slide(paths[0], backend, outputs["mask"], slide_options(opts, outputs))
+        click.echo(result.line)
         return
-    if many:
-        make_folders(out, extras)
-    plans = [(slide, plan_outputs(slide, out, many, extras)) for slide in paths]
-    todo, skipped = pending_slides(plans, overwrite)
-    start = time.perf_counter()
-    rows = {row.slide: row for row in skipped}
-    if todo:
-        echo = lambda message: click.echo(message, err=True)  # noqa: E731
-        backend = open_model(
-            model, opts.backend, sessions=opts.sessions, precision=precision, tile=opts.tile, batch=opts.batch,
-            log=echo,
-        )  # fmt: skip
-        click.echo(f"Backend: {backend.name} on {backend.device}", err=True)
-        try:
-            for slide, outputs in todo:
-                if not many:  # one slide: its error is the command's error
-                    result = infer_slide(slide, backend, outputs["mask"], slide_options(opts, outputs))
-                    click.echo(result_line(result))
-                    continue
-                row, line = run_slide(slide, backend, outputs, opts)
-                rows[row.slide] = row
-                click.echo(line, err=row.status == "failed")
-        finally:
-            backend.close()
-    if many:
-        click.echo(write_table(out, [rows[str(slide)] for slide, _ in plans], time.perf_counter() - start))
-        _exit_if_failed(sum(r.status == "failed" for r in rows.values()), len(todo))
-
-
-def _exit_if_failed(failed: int, run: int) -> None:
-    if failed:
-        click.echo(f"{failed} of {run} slides failed.", err=True)
+    if ray_address is None:
+        runner = LocalRunner()
+    else:
+        address = None if ray_address == LOCAL_RAY else ray_address
+        runner = RayRunner(address, ray["workers"], ray["cpus"], ray["gpus"], ray["retries"])
+    cohort = infer_cohort(paths, spec, out, dataclasses.replace(opts, **extras), runner=runner, overwrite=overwrite)
+    click.echo(cohort.table)
+    if cohort.failed:
+        click.echo(f"{cohort.failed} of {cohort.run} slides failed.", err=True)
         sys.exit(1)

@@ -26,7 +26,6 @@ import numpy as np
 
 from segcls.core.atomic import atomic_path
 
-UNLABELLED = 255
 # Edge directions in image coordinates (x right, y down); d + 1 is a right turn on screen.
 _DX = np.array([1, 0, -1, 0])
 _DY = np.array([0, 1, 0, -1])

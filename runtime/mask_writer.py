@@ -11,6 +11,10 @@ level 0 waits for rows, tiles of the reduced levels over final rows are compress
 (levels are sequential IFDs, level 0 first, so they cannot be written yet). Tiles of a single value
 (glass, or one class) are compressed once per tile size and their bytes reused. The file is byte for
 byte the one a plain serial write gives.
+
+Why one file of ~400 lines: the writer thread, the in-order compression window (`_InOrder`) and the spool
+share one condition variable and one state (rows final, aborted, error); split into modules they would share
+them through arguments, and each half is only correct beside the other.
 """
 
 from __future__ import annotations

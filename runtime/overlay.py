@@ -13,8 +13,6 @@ import numpy as np
 
 from segcls.core.atomic import atomic_path
 
-UNLABELLED = 255
-
 
 def blend(
     thumbnail: np.ndarray, labels: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.45

@@ -8,15 +8,16 @@ mkdir -p "$OUT"
 start=$(date +%s)
 
 echo "== 1/5 synthetic dataset and slide"
-[ -f "$OUT/dataset/dataset.json" ] || segcls-synth dataset "$OUT/dataset" --seed 0
-[ -f "$OUT/slide.tif" ] || segcls-synth slide "$OUT/slide.tif" --width 6144 --height 4096 --mpp 0.5 --seed 7 \
+[ -f "$OUT/dataset/dataset.json" ] || segcls-synth dataset -o "$OUT/dataset" --seed 0
+[ -f "$OUT/slide.tif" ] || segcls-synth slide -o "$OUT/slide.tif" --width 6144 --height 4096 --mpp 0.5 --seed 7 \
     --mask "$OUT/slide_truth.tif"
 
 echo "== 2/5 train (S+C, 10% of the segmentation tiles, $EPOCHS epochs)"
-segcls-train "$OUT/dataset" -o "$OUT/run" --setting S+C --seg-fraction 0.1 --epochs "$EPOCHS" --device cpu
+segcls-train "$OUT/dataset" -o "$OUT/run" --setting S+C --seg-fraction 0.1 --epochs "$EPOCHS" --device cpu \
+    --overwrite
 
 echo "== 3/5 export to ONNX (verified against PyTorch)"
-segcls-export "$OUT/run/best.pt" -o "$OUT/model.onnx"
+segcls-export "$OUT/run/best.pt" -o "$OUT/model.onnx" --overwrite
 
 echo "== 4/5 whole-slide inference"
 segcls-infer "$OUT/slide.tif" -o "$OUT/mask.tif" --model "$OUT/model.onnx" --overwrite \

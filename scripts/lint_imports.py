@@ -1,9 +1,9 @@
 """Check the import-linter layer contracts of pyproject.toml on the installed package layout.
 
-setuptools installs `export/` as `segcls.export`, `runtime/` as `segcls.runtime` and `bench/` as `segcls.bench`
-(`package-dir`); an editable install resolves those through an import hook that import-linter's graph builder
-(grimp) does not see. So the script stages the layout an installed wheel has, with symlinks, in a temporary
-folder, and runs `lint-imports` over it: the contracts then see every arrow, lazy imports included.
+An editable install resolves `segcls.export`, `segcls.runtime` and `segcls.bench` (folders export/, runtime/,
+bench/) through an import hook that import-linter's graph builder (grimp) does not see. So the script stages the
+layout an installed wheel has (scripts/package_layout.py) in a temporary folder and runs `lint-imports` over it:
+the contracts then see every arrow, lazy imports included.
 
     python scripts/lint_imports.py [lint-imports options, e.g. --verbose]
 """
@@ -16,25 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tomllib
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def stage(into: Path) -> None:
-    """`into/segcls/...` laid out as pip installs the project, each folder a symlink to the source."""
-    package_dir: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-dir"
-    ]
-    top = into / "segcls"
-    top.mkdir()
-    for entry in (ROOT / package_dir["segcls"]).iterdir():
-        if entry.name != "__pycache__":
-            (top / entry.name).symlink_to(entry)
-    for name, folder in package_dir.items():
-        parts = name.split(".")
-        if len(parts) == 2 and not (top / parts[1]).exists():  # segcls.export -> export/, ...
-            (top / parts[1]).symlink_to(ROOT / folder)
+from package_layout import ROOT, stage
 
 
 def main(argv: list[str]) -> int:

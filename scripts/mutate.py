@@ -81,6 +81,13 @@ def in_annotation(spans, pos) -> bool:
     return any(start <= tuple(pos) < end for start, end in spans)
 
 
+def _position(item) -> tuple:
+    """Where a mutant is and what it does: a total order of a module's mutants (job ids are random per `init`,
+    and one operator can make two mutants at one place), so a seeded sample picks the same mutants every time."""
+    m = item.mutations[0]
+    return m.start_pos, m.operator_name, m.occurrence
+
+
 def skip_items(db_path: Path, module: str, spec: dict, settings: dict) -> int:
     """Mark as skipped the excluded operators, mutants inside lazy annotations and, where `sample` < 1, all but a
     seeded sample of the rest."""
@@ -91,7 +98,7 @@ def skip_items(db_path: Path, module: str, spec: dict, settings: dict) -> int:
     pattern = re.compile("|".join(f"(?:{e})" for e in excluded)) if excluded else None
     sample = float(spec.get("sample", 1.0))
     with use_db(str(db_path), WorkDB.Mode.open) as db:
-        pending = sorted(db.pending_work_items, key=lambda w: (w.mutations[0].start_pos, w.mutations[0].operator_name))
+        pending = sorted(db.pending_work_items, key=_position)
         spans = annotation_spans(module)
         drop = [
             w
@@ -115,7 +122,7 @@ def limit_pending(db_path: Path, module: str, limit: int, settings: dict) -> Non
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(db_path), WorkDB.Mode.open) as db:
-        pending = sorted(db.pending_work_items, key=lambda w: w.job_id)
+        pending = sorted(db.pending_work_items, key=_position)
         rng = random.Random(f"{module}:limit:{settings.get('seed', 0)}")
         for w in rng.sample(pending, max(0, len(pending) - limit)):
             db.set_result(w.job_id, WorkResult(output="not sampled (limit)", worker_outcome=WorkerOutcome.SKIPPED))

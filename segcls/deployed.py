@@ -2,6 +2,7 @@
 
 uint8 NHWC RGB -> cast, normalise, transpose (in the graph, so a runtime moves 4x fewer bytes to the
 GPU) -> network -> `labels` (argmax, uint8), `probs` (softmax), `class_scores`, all at stride 8.
+`GraphedModule` replays it as a CUDA graph (the torch backend's "graph" modes).
 """
 
 from __future__ import annotations
@@ -29,3 +30,34 @@ class DeployedModel(nn.Module):
         probs = torch.softmax(out.low_res_logits, dim=1)
         labels = torch.argmax(out.low_res_logits, dim=1).to(torch.uint8)
         return labels, probs, out.class_scores
+
+
+class GraphedModule:
+    """`module` captured once as a CUDA graph for the shape of `example`, then replayed.
+
+    A replay launches the whole network with one call, with none of the per-kernel Python and launch
+    overhead, on the memory the capture used: a call copies its input into that static input, replays,
+    and returns the static outputs, which the next call overwrites (copy them out first). Warm-up runs on
+    a side stream before the capture, as torch's CUDA graph notes ask, so cuDNN's autotuning and lazy
+    initialisation happen outside it. `api` is `torch.cuda`, or a stand-in with its Stream /
+    current_stream / stream / CUDAGraph / graph (tests/fake_torch_cuda.py runs this on the CPU).
+    """
+
+    def __init__(self, module, example: torch.Tensor, api, warmup: int = 2) -> None:
+        self.static_input = example.clone()
+        device = example.device
+        side = api.Stream(device=device)
+        side.wait_stream(api.current_stream(device))
+        with api.stream(side):
+            for _ in range(warmup):
+                module(self.static_input)
+        api.current_stream(device).wait_stream(side)
+        self.graph = api.CUDAGraph()
+        # thread_local: only this thread's unsafe CUDA calls break the capture (reader threads make none)
+        with api.graph(self.graph, capture_error_mode="thread_local"):
+            self.static_outputs = module(self.static_input)
+
+    def __call__(self, image: torch.Tensor):
+        self.static_input.copy_(image)
+        self.graph.replay()
+        return self.static_outputs

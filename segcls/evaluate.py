@@ -66,8 +66,12 @@ def evaluate_images(
     names: list[str],
     description: ModelDescription,
     device: torch.device,
+    progress: bool = False,
 ) -> Scores:
     """Pixel scores pooled over all labelled pixels of the named images, decoded one at a time."""
+    from tqdm import tqdm
+
+    names = tqdm(names, desc="images", unit="img", disable=not progress)
     return evaluate_pairs(model, (load_pair(dataset, name) for name in names), description, device)
 
 
@@ -95,7 +99,9 @@ def classification_accuracy(
     return correct / idx.size
 
 
-def evaluate_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "test") -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | Path, dataset: str | Path, split: str = "test", progress: bool = False
+) -> dict:
     """Scores of a checkpoint on one split of a dataset folder (what `segcls-eval` prints)."""
     from segcls.checkpoint import load_model
     from segcls.core.errors import DatasetError
@@ -115,8 +121,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str 
     if not names:
         raise DatasetError(f"{dataset} has no images in split '{split}'")
     device = torch.device("cpu")
-    scores = evaluate_images(model, ds, names, description, device)
-    tiles = build_tileset(ds, split, description.tile_size)
+    scores = evaluate_images(model, ds, names, description, device, progress)
+    tiles = build_tileset(ds, split, description.tile_size, progress=progress)
     result = scores.to_dict(description.classes)
     result["cls_accuracy"] = classification_accuracy(model, tiles, description, device)
     result["split"] = split

@@ -60,6 +60,7 @@ class SweepConfig:
     jobs: int = 1  # runs trained side by side
     threads: int | None = None  # torch threads per run (None: torch's default)
     train: bool = True  # False: only report the runs already finished (a sweep stopped early)
+    overwrite: bool = False  # retrain the runs that are finished already
 
 
 def run_dir(out_dir: Path, task: str, setting: str, fraction: float, seed: int) -> Path:
@@ -81,9 +82,9 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     if config.jobs < 1:
         raise SegclsError(f"jobs must be >= 1, got {config.jobs}")
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     base = TrainConfig(dataset=config.dataset, out_dir="", **config.train_options)
-    base.validate()  # bad options fail here, not in a worker
+    base.validate()  # bad options fail here, not in a worker, and before any folder is made
+    out.mkdir(parents=True, exist_ok=True)
     todo: dict[Path, TrainConfig] = {}
     for fraction, seed, setting in _run_order(config):
         directory = run_dir(out, config.task, setting, fraction, seed)
@@ -93,7 +94,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
         if fraction == 0:  # the run that stands for both settings (run_dir) trains as the one it is named after
             setting = SAME_AT_ZERO.get((config.task, setting), setting)
         run = replace(base, out_dir=str(directory), task=config.task, setting=setting, seed=seed, **varied)
-        if not _done(directory, run):
+        if config.overwrite or not _done(directory, run):
             todo[directory] = run
 
     def finished() -> list[dict]:  # results so far, rewritten after every run: a stopped sweep still has them
@@ -106,7 +107,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     if config.jobs == 1 or len(todo) < 2:
         _set_threads(config.threads)
         for run in todo.values():
-            _train_one(run)
+            _train_one(run, config.overwrite)
             finished()
             bar.update()
     else:
@@ -116,7 +117,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
         with ProcessPoolExecutor(config.jobs, context, initializer=_set_threads, initargs=(config.threads,)) as pool:
             try:
-                for job in as_completed([pool.submit(_train_one, run) for run in todo.values()]):
+                for job in as_completed([pool.submit(_train_one, run, config.overwrite) for run in todo.values()]):
                     job.result()
                     finished()
                     bar.update()
@@ -165,11 +166,13 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _train_one(run) -> None:
-    """One run, resumed from its last.pt when there is one (module level: a worker process calls it)."""
+def _train_one(run, overwrite: bool = False) -> None:
+    """One run, resumed from its last.pt when there is one, else (or with `overwrite`) trained from scratch
+    over whatever its folder holds: the sweep owns its run folders (module level: a worker process calls it)."""
     from segcls.train import train
 
-    train(run, resume=(Path(run.out_dir) / "last.pt").is_file(), progress=False)
+    resume = not overwrite and (Path(run.out_dir) / "last.pt").is_file()
+    train(run, resume=resume, overwrite=not resume, progress=False)
 
 
 def collect_results(

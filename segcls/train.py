@@ -10,20 +10,27 @@ The number of optimiser steps per epoch is the same for every setting and fracti
 whole training tile pool), so S / S+C / S+C* differ in the data they see, not in compute. All randomness of an
 epoch derives from (seed, epoch), which is what makes `--resume` continue bit for bit.
 
-Under torchrun (segcls/distributed.py) every rank draws the same global batch and the same augmentation, and
-trains on its 1/N of the SEG and of the CLS tiles (DistributedDataParallel averages the gradients); rank 0
-alone validates and writes files. BatchNorm keeps per-rank batch statistics (SyncBatchNorm runs on GPUs
-only) and each rank's loss is the mean over its share, so N ranks match one process within a tolerance
-(tests/test_ddp.py), not bit for bit.
+Under torchrun (segcls/distributed.py) every rank draws the same global batch and the same augmentation
+draws, and reads, augments and trains on its 1/N of the SEG and of the CLS tiles (DistributedDataParallel
+averages the gradients); rank 0 alone validates and writes files. BatchNorm keeps per-rank batch statistics
+(SyncBatchNorm runs on GPUs only) and each rank's loss is the mean over its share, so N ranks match one
+process within a tolerance (tests/test_ddp.py), not bit for bit.
+
+On CUDA: tiles go to the GPU from page-locked memory (asynchronous copies), cuDNN autotunes its convolutions
+for the run's one tile size (`cudnn.benchmark` while training, off again for validation's whole images),
+and the losses are summed on the device and read back once per LOG_EVERY steps (progress bar) and epoch,
+not with a host sync every step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -35,9 +42,9 @@ from tqdm import tqdm
 from segcls import distributed
 from segcls.checkpoint import load_checkpoint, save_checkpoint
 from segcls.core.atomic import atomic_path
+from segcls.core.constants import UNLABELLED, check_multiple
 from segcls.core.description import ModelDescription
 from segcls.core.errors import CheckpointError, SegclsError
-from segcls.core.metrics import IGNORE_INDEX
 from segcls.curves import plot_curves
 from segcls.data.augment import augment_batch
 from segcls.data.blocks import spatial_dataset
@@ -66,6 +73,10 @@ LOG_FIELDS = (
     "tiles_per_s",
     "seconds",
 )
+# What a run folder holds: a folder with any of them holds a run, which is continued or replaced, never
+# trained over (check_run_folder).
+RUN_FILES = ("best.pt", "last.pt", "log.csv", "metrics.json")
+LOG_EVERY = 10  # steps between progress-bar updates, each a host sync on CUDA
 
 
 @dataclass
@@ -113,8 +124,7 @@ class TrainConfig:
             raise SegclsError(f"HED jitter must be in [0, 1), got {self.hed_jitter}")
         if not 0.0 <= self.seg_fraction <= 1.0:
             raise SegclsError(f"seg fraction must be in [0, 1], got {self.seg_fraction}")
-        if self.tile % 16 or self.tile < 32:
-            raise SegclsError(f"tile must be a multiple of 16 and >= 32, got {self.tile}")
+        check_multiple("tile", self.tile, minimum=32)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise SegclsError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
@@ -178,19 +188,36 @@ class _BalancedCycler:
         return out
 
 
-class Trainer:
-    """Holds the model, data and optimiser of one run; `run()` trains to `config.epochs`."""
+def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a run is continued (`resume`) or replaced (`overwrite`), never trained over: a
+    finished run's best.pt is never lost without a word."""
+    if resume and overwrite:
+        raise SegclsError("--resume continues a run and --overwrite replaces it: choose one")
+    found = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    if found and not (resume or overwrite):
+        raise SegclsError(f"{out_dir} holds a run ({', '.join(found)}): --resume continues it, --overwrite replaces it")
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+
+class Trainer:
+    """Holds the model, data and optimiser of one run; `run()` trains to `config.epochs`.
+
+    `resume`: continue from out_dir/last.pt; `overwrite`: replace the run out_dir holds (its files are
+    removed once the dataset has been read, just before training). Without either, a folder that holds a
+    run is refused (check_run_folder)."""
+
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
+    ) -> None:
         config.validate()
+        check_run_folder(config.out_dir, resume, overwrite)
         self.ranks = distributed.from_env()
         if config.batch_size % self.ranks.world_size:
             n = self.ranks.world_size
             raise SegclsError(f"batch size {config.batch_size} does not split evenly over {n} torchrun ranks")
         self.config, self.progress = config, progress and self.ranks.main
+        self.log_every = LOG_EVERY  # steps between progress-bar updates (each reads the losses back)
         progress = self.progress
         self.out_dir = Path(config.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = distributed.device_for(self.ranks, resolve_device(config.device))
         distributed.init(self.ranks, self.device)
         self.dataset = open_dataset(config.dataset, split_seed=config.split_seed)
@@ -211,6 +238,10 @@ class Trainer:
             self.selection = select_tiles_cls_task(self.tiles, config.setting, config.cls_fraction, config.seed)
         if self.selection.seg.size == 0 and self.selection.cls.size == 0:
             raise SegclsError(f"{config.dataset}: no training tiles for {config.setting} at s={config.seg_fraction}")
+        if overwrite and self.ranks.main:  # the inputs are good: now the old run goes
+            for name in RUN_FILES:
+                (self.out_dir / name).unlink(missing_ok=True)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         # The classification layer is scored on the validation split's CLS tiles (val_tiles) every epoch; the
         # reverse experiment (task "cls") also selects its best epoch by that accuracy. Validation images are
         # decoded once here and scored every epoch, by rank 0 alone.
@@ -259,7 +290,7 @@ class Trainer:
         pixel_counts = np.zeros(num_classes, dtype=np.int64)
         if self.selection.seg.size:
             masks = np.asarray(self.tiles.masks[np.sort(self.selection.seg)])
-            pixel_counts += np.bincount(masks[masks != IGNORE_INDEX], minlength=num_classes)[:num_classes]
+            pixel_counts += np.bincount(masks[masks != UNLABELLED], minlength=num_classes)[:num_classes]
         label_counts = np.bincount(np.asarray(self.tiles.labels[self.selection.cls]), minlength=num_classes)
         label_counts = label_counts[:num_classes]
         if self.config.mode == "joint":  # every tile carries both kinds of target
@@ -286,55 +317,57 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------------
     def _batch(self, idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The augmented global batch `idx`. Under torchrun only this rank's rows hold tiles (the others are
-        blank, never trained on), but every row takes its random draws, so a rank's rows are augmented
-        exactly as one process would augment them."""
+        """This rank's share of the augmented global batch `idx` (all of it in one process), on the device.
+        The augmentation takes the whole batch's random draws, so a rank's rows are augmented exactly as one
+        process would augment them."""
         share = distributed.share(self.ranks)
         mine = idx[share]
         order = np.sort(mine)  # memmap-friendly read, then restore the sampled order
         rank = np.argsort(np.argsort(mine, kind="stable"), kind="stable")
-        images = np.zeros((idx.size, *self.tiles.images.shape[1:]), np.uint8)
-        masks = np.full((idx.size, *self.tiles.masks.shape[1:]), IGNORE_INDEX, np.uint8)
-        images[share] = np.asarray(self.tiles.images[order])[rank]
-        masks[share] = np.asarray(self.tiles.masks[order])[rank]
+        images = torch.from_numpy(np.asarray(self.tiles.images[order])[rank])
+        masks = torch.from_numpy(np.asarray(self.tiles.masks[order])[rank])
+        mean, std = self.description.mean, self.description.std
         x, y = augment_batch(
-            torch.from_numpy(images),
-            torch.from_numpy(masks),
-            gen,
-            self.description.mean,
-            self.description.std,
-            hed=self.config.hed_jitter,
+            images, masks, gen, mean, std, share=share, batch_size=idx.size, hed=self.config.hed_jitter
         )
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return self._to_device(x).contiguous(memory_format=torch.channels_last), self._to_device(y)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy on the GPU that does not stall the host (from page-locked memory), or `t` on the CPU."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _losses(self, seg_idx: np.ndarray, cls_idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Losses on this rank's share `s` of the global SEG and CLS batches (all of them in one process)."""
         s = distributed.share(self.ranks)
         zero = torch.zeros((), device=self.device)
         labels = torch.from_numpy(np.asarray(self.tiles.labels[cls_idx], dtype=np.int64)).to(self.device)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            if self.config.mode == "two-step":
-                seg_loss = cls_loss = zero
-                if seg_idx.size:
-                    x, y = self._batch(seg_idx, gen)
-                    out = self.net(x[s])
-                    seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=IGNORE_INDEX)
-                if cls_idx.size:
-                    x, _ = self._batch(cls_idx, gen)
-                    out = self.net(x[s], full_res=False)
-                    cls_loss = F.cross_entropy(out.class_scores.float(), labels[s], self.cls_weights)
-            else:
-                idx = np.concatenate([seg_idx, cls_idx])
-                x, y = self._batch(idx, gen)
-                n_seg = seg_idx.size
-                y[n_seg:] = labels[:, None, None]  # CLS tiles: constant mask of their label
-                seg_tile_labels = _majority(y[:n_seg], self.description.num_classes)
-                out = self.net(x[s])
-                seg_loss = F.cross_entropy(out.logits.float(), y[s], self.seg_weights, ignore_index=IGNORE_INDEX)
-                cls_loss = F.cross_entropy(
-                    out.class_scores.float(), torch.cat([seg_tile_labels, labels])[s], self.cls_weights
-                )
+        if self.config.mode == "two-step":
+            seg_loss = cls_loss = zero
+            if seg_idx.size:
+                x, y = self._batch(seg_idx, gen)  # augmented outside autocast: in float32
+                with torch.autocast(self.device.type, enabled=self.use_amp):
+                    out = self.net(x)
+                seg_loss = F.cross_entropy(out.logits.float(), y, self.seg_weights, ignore_index=UNLABELLED)
+            if cls_idx.size:
+                x, _ = self._batch(cls_idx, gen)
+                with torch.autocast(self.device.type, enabled=self.use_amp):
+                    out = self.net(x, full_res=False)
+                cls_loss = F.cross_entropy(out.class_scores.float(), labels[s], self.cls_weights)
+        else:
+            idx = np.concatenate([seg_idx, cls_idx])
+            x, y = self._batch(idx, gen)
+            rows = np.arange(idx.size)[s]  # the global batch's rows of this rank's share
+            cls_rows = torch.from_numpy(np.flatnonzero(rows >= seg_idx.size)).to(self.device)
+            cls_labels = labels[torch.from_numpy(rows[rows >= seg_idx.size] - seg_idx.size).to(self.device)]
+            y[cls_rows] = cls_labels[:, None, None]  # CLS tiles: constant mask of their label
+            tile_labels = _majority(y, self.description.num_classes)  # SEG tiles: their majority class
+            tile_labels[cls_rows] = cls_labels
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                out = self.net(x)
+            seg_loss = F.cross_entropy(out.logits.float(), y, self.seg_weights, ignore_index=UNLABELLED)
+            cls_loss = F.cross_entropy(out.class_scores.float(), tile_labels, self.cls_weights)
         return seg_loss + self.config.cls_weight * cls_loss, seg_loss, cls_loss
 
     def train_epoch(self) -> dict:
@@ -353,7 +386,7 @@ class Trainer:
         if cfg.mode == "two-step" and cfg.cls_batch_size:
             n_cls = cfg.cls_batch_size
         self.model.train()
-        totals = np.zeros(3)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, seg, cls: summed where made
         tiles, start = 0, time.perf_counter()
         bar = tqdm(
             range(self.steps_per_epoch),
@@ -361,17 +394,21 @@ class Trainer:
             disable=not self.progress,
             leave=False,
         )
-        for _ in bar:
-            seg_idx = seg.take(n_seg) if seg else np.empty(0, np.int64)
-            cls_idx = cls.take(n_cls) if cls else np.empty(0, np.int64)
-            loss, seg_loss, cls_loss = self._losses(seg_idx, cls_idx, gen)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            totals += [loss.item(), seg_loss.item(), cls_loss.item()]
-            tiles += seg_idx.size + cls_idx.size
-            bar.set_postfix(loss=f"{loss.item():.3f}", tiles_s=f"{tiles / (time.perf_counter() - start):.1f}")
+        with _cudnn_benchmark():
+            for step in bar:
+                seg_idx = seg.take(n_seg) if seg else np.empty(0, np.int64)
+                cls_idx = cls.take(n_cls) if cls else np.empty(0, np.int64)
+                loss, seg_loss, cls_loss = self._losses(seg_idx, cls_idx, gen)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                totals += torch.stack([loss.detach(), seg_loss.detach(), cls_loss.detach()]).double()
+                tiles += seg_idx.size + cls_idx.size
+                if self.progress and (step + 1) % self.log_every == 0:  # a host sync on CUDA: only this often
+                    rate = tiles / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{totals[0].item() / (step + 1):.3f}", tiles_s=f"{rate:.1f}")
+        totals = totals.cpu().numpy()
         seconds = time.perf_counter() - start
         mean = distributed.mean(totals, self.ranks, self.device) / self.steps_per_epoch
         return {
@@ -455,6 +492,18 @@ class Trainer:
         return metrics
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark() -> Iterator[None]:
+    """cuDNN autotuning for the block: training runs one tile size, so each convolution is timed once
+    (validation's whole images of many sizes run outside it). Nothing on a CPU."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def _majority(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Majority labelled class of each mask (B, H, W) -> (B,)."""
     flat = masks.reshape(masks.shape[0], -1)
@@ -477,13 +526,13 @@ def changed_settings(saved: dict, config: TrainConfig) -> list[str]:
     return [k for k in RESUME_KEYS if str(saved.get(k, defaults[k])) != str(mine[k])]
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train one run into `config.out_dir`; returns the test metrics also written to metrics.json ({} on the
-    ranks other than 0 under torchrun)."""
+    ranks other than 0 under torchrun). `resume` / `overwrite`: as Trainer's."""
     try:
-        return Trainer(config, resume=resume, progress=progress).run()
+        return Trainer(config, resume=resume, progress=progress, overwrite=overwrite).run()
     finally:
         distributed.close()
 
 
-__all__ = ["CLS_BALANCES", "MODES", "TrainConfig", "Trainer", "class_weights", "train"]
+__all__ = ["CLS_BALANCES", "MODES", "RUN_FILES", "TrainConfig", "Trainer", "check_run_folder", "class_weights", "train"]

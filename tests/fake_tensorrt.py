@@ -52,11 +52,13 @@ def fake_cudart(capability: tuple[int, int] = (8, 9), name: str = "Fake GPU", de
                                                   "cudaErrorNoDevice": 100})  # fmt: skip
     rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
     rt.cudaHostAllocDefault = 0
+    rt.cudaEventDefault, rt.cudaEventBlockingSync, rt.cudaEventDisableTiming = 0, 1, 2  # cuda-python's values
     ok = rt.cudaError_t.cudaSuccess
     rt.memory = {}  # device address -> backing uint8 array
     rt.host = {}  # page-locked host address -> backing uint8 array
     rt.streams = {}  # stream handle -> queue of (label, work) not run yet
     rt.events = {}  # event handle -> [stream it was last recorded on, times recorded, times completed]
+    rt.event_flags = {}  # event handle -> the flags it was created with
     rt.calls = []  # (call, *handles) in host order
     rt.ran = []  # labels of queued work in the order it ran
     handles = iter(range(1000, 10**6))
@@ -102,9 +104,9 @@ def fake_cudart(capability: tuple[int, int] = (8, 9), name: str = "Fake GPU", de
         rt.streams[stream] = []
         return ok, stream
 
-    def cudaEventCreate():
+    def cudaEventCreateWithFlags(flags):
         event = next(handles)
-        rt.events[event] = [None, 0, 0]
+        rt.events[event], rt.event_flags[event] = [None, 0, 0], int(flags)
         return ok, event
 
     def cudaEventRecord(event, stream):
@@ -153,8 +155,9 @@ def fake_cudart(capability: tuple[int, int] = (8, 9), name: str = "Fake GPU", de
     rt.cudaFreeHost = lambda addr: (ok, rt.host.pop(addr))[:1]
     rt.cudaStreamCreate, rt.cudaStreamSynchronize, rt.cudaStreamDestroy = (
         cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy)  # fmt: skip
-    rt.cudaEventCreate, rt.cudaEventRecord, rt.cudaEventSynchronize = (
-        cudaEventCreate, cudaEventRecord, cudaEventSynchronize)  # fmt: skip
+    rt.cudaEventCreate = lambda: cudaEventCreateWithFlags(rt.cudaEventDefault)
+    rt.cudaEventCreateWithFlags, rt.cudaEventRecord, rt.cudaEventSynchronize = (
+        cudaEventCreateWithFlags, cudaEventRecord, cudaEventSynchronize)  # fmt: skip
     rt.cudaEventDestroy = lambda event: (ok, rt.events.pop(int(event)))[:1]
     rt.cudaStreamWaitEvent = cudaStreamWaitEvent
     rt.enqueue = enqueue
@@ -178,6 +181,7 @@ def fake_tensorrt(style: int = 10, version: str | None = None, cudart=None):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version or {10: "10.3.0", 11: "11.0.0"}[style]
     trt.built = []  # (network flags, builder flags, workspace, profile) per build, for tests
+    trt.released_in_flight = []  # execution contexts released while a run of theirs was still queued
     if style == 10:
         trt.NetworkDefinitionCreationFlag = enum.IntEnum("NDCF", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
         trt.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 7})
@@ -329,9 +333,17 @@ def fake_tensorrt(style: int = 10, version: str | None = None, cudart=None):
             return Context(self)
 
     class Context:
+        """Released (garbage collected, as TensorRT's Python objects are) with a run still queued on a
+        stream is recorded in `trt.released_in_flight`: `enqueueV3`'s documentation makes that undefined."""
+
         def __init__(self, engine):
             self.engine, self.shape, self.addresses = engine, None, {}
             self.num_classes = engine.io["class_scores"][2][1]
+            self.queued = [0]  # runs queued and not run yet (a list: the queued work counts down in it)
+
+        def __del__(self):
+            if self.queued[0]:
+                trt.released_in_flight.append(self.queued[0])
 
         def set_input_shape(self, name, shape):
             lo, _, hi = self.engine.profile[name]
@@ -353,14 +365,17 @@ def fake_tensorrt(style: int = 10, version: str | None = None, cudart=None):
             """Queues the run on the stream, with the shape and addresses set now (as TensorRT does)."""
             assert isinstance(stream_handle, int)
             rt = cudart or sys.modules["cuda.bindings.runtime"]
-            shape, addresses = self.shape, dict(self.addresses)
+            shape, addresses, classes, queued = self.shape, dict(self.addresses), self.num_classes, self.queued
             dtype = {n: trt.nptype(self.engine.get_tensor_dtype(n)) for n in self.engine.names}
 
-            def run():
+            def run():  # holds no reference to the context, so releasing it while queued is seen
                 image = device_array(rt, addresses["image"], np.uint8, shape)
-                results = reference_outputs(image, self.num_classes, dtype["probs"])
+                results = reference_outputs(image, classes, dtype["probs"])
                 for name, value in zip(("labels", "probs", "class_scores"), results, strict=True):
                     device_array(rt, addresses[name], dtype[name], value.shape)[...] = value
+                queued[0] -= 1
+
+            queued[0] += 1
 
             rt.calls.append(("exec", stream_handle))
             rt.enqueue(stream_handle, "exec", run)

@@ -28,6 +28,7 @@ def test_onnxruntime_backend_contract(onnx_path, batch):
     backend = open_backend(onnx_path)
     try:
         assert backend.name == "onnxruntime" and backend.device == "CPUExecutionProvider"
+        assert backend.on_cpu and not backend.fixed_tile  # trimmed tiles, readers sharing the cores
         assert backend.description.classes == ("background", "benign", "tumour")
         assert backend.description.mpp == 2.0
         out = backend.infer(batch)
@@ -40,14 +41,16 @@ def test_onnxruntime_backend_contract(onnx_path, batch):
 
 
 def test_torch_backend_agrees_with_onnxruntime(tmp_path, onnx_path, batch):
+    """On the CPU by name: "auto" would pick CUDA FP16 on a GPU machine (tests/test_gpu_torch_backend.py)."""
     pytest.importorskip("torch")
     checkpoint = save_checkpoint(tmp_path / "model.pt")  # same seed as the exported model
     ort_backend = open_backend(onnx_path)
     reference = ort_backend.infer(batch)
     ort_backend.close()
-    torch_backend = open_backend(checkpoint, "torch")
+    torch_backend = open_backend(checkpoint, "torch", device="cpu")
     try:
-        assert torch_backend.name == "torch" and torch_backend.device in ("cpu", "cuda")
+        assert torch_backend.name == "torch" and torch_backend.device == "cpu"
+        assert torch_backend.on_cpu and not torch_backend.fixed_tile
         out = torch_backend.infer(batch)
     finally:
         torch_backend.close()
@@ -113,11 +116,16 @@ def test_runtime_imports_without_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def _ort_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 @pytest.mark.gpu
+@pytest.mark.skipif(not _ort_has_cuda(), reason="onnxruntime has no CUDA execution provider here")
 def test_onnxruntime_on_cuda(onnx_path, batch):
-    ort = pytest.importorskip("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDA execution provider here")
+    """Skipped at collection, before `onnx_path` runs an export for nothing (tests/test_gpu_skips.py)."""
     backend = open_backend(onnx_path)
     if backend.device != "CUDAExecutionProvider":
         pytest.skip(f"CUDA provider present but not usable: session runs on {backend.device}")

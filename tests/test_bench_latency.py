@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from segcls.bench.cli import main
 from segcls.bench.latency import LatencyOptions, measure_latency, peak_rss_mb
 
+CMU = Path(__file__).parent / "data" / "cmu-1-small-region.svs"
 TINY = dict(batches=(1, 2), tiles=(32,), threads=1, warmup=1, rounds=2, runs=1)
 
 
@@ -41,7 +43,7 @@ def test_report_keys_per_model_and_config(model, tmp_path):
 def test_cli_writes_json_and_markdown_with_peak_rss(model, tmp_path):
     out = tmp_path / "lat.json"
     args = ["latency", str(model), "--batch", "1", "--tile", "32", "--threads", "2", "--sessions", "2",
-            "--warmup", "0", "--rounds", "1", "--runs", "1", "--json", str(out)]  # fmt: skip
+            "--warmup", "0", "--rounds", "1", "--runs", "1", "-o", str(out)]  # fmt: skip
     ballast = np.ones(400 * 2**20, np.uint8)  # this process's peak is now >= 400 MB; a fresh one's is not
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -57,7 +59,7 @@ def test_cli_writes_json_and_markdown_with_peak_rss(model, tmp_path):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--tile", "30"], "multiples of 16"), (["--batch", "a,b"], "comma-separated integers")],
+    [(["--tile", "30"], "multiple of 16"), (["--batch", "a,b"], "comma-separated integers")],
 )
 def test_cli_bad_input_is_one_error_line(model, args, message):
     result = CliRunner().invoke(main, ["latency", str(model), "--no-memory", *args])
@@ -66,4 +68,33 @@ def test_cli_bad_input_is_one_error_line(model, args, message):
 
 def test_missing_model_is_one_error_line(tmp_path):
     result = CliRunner().invoke(main, ["latency", str(tmp_path / "nope.onnx"), "--no-memory"])
-    assert result.exit_code == 2 and "model not found" in result.output
+    assert result.exit_code == 2 and "model not found" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_model_at_backend_and_precision_runs_beside_the_first_with_labels_agreement(model, tmp_path):
+    """MODEL@openvino(:bf16) rows beside ONNX Runtime's, on real texture (tiles of a slide with tissue)."""
+    pytest.importorskip("openvino")
+    from segcls.core.cpu import cpu_info
+
+    runs = [str(model), f"{model}@openvino"] + ([f"{model}@openvino:bf16"] if cpu_info().bf16 else [])
+    out = tmp_path / "lat.json"
+    args = ["latency", *runs, "--batch", "2", "--tile", "128", "--threads", "2", "--warmup", "0", "--rounds", "1",
+            "--runs", "1", "--no-memory", "--slide", str(CMU), "--mpp", "2.0", "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["backend"], r["precision"]) for r in rows] == [("onnxruntime", "fp32"), ("openvino", "fp32")] + (
+        [("openvino", "bf16")] if len(runs) == 3 else []
+    )
+    assert [r["run"] for r in rows] == runs and rows[0]["labels_agree_with_first"] == 1.0
+    assert rows[1]["labels_agree_with_first"] >= 0.999  # FP32 on another runtime: the same labels
+    assert report["input"] == "the first tiles with tissue of cmu-1-small-region.svs at 2.0 um/px"
+    assert isinstance(report["machine"]["isa"], list)  # the instruction sets the kernels depend on
+    table = out.with_suffix(".md").read_text()
+    assert "| labels = first |" in table and f"{model.name}@openvino |" in table
+
+
+def test_a_model_spec_with_an_unknown_backend_is_one_error_line(model):
+    result = CliRunner().invoke(main, ["latency", f"{model}@tvm", "--no-memory"])
+    assert result.exit_code == 2 and "--backend must be one of" in result.output

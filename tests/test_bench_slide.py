@@ -52,8 +52,9 @@ def test_sliding_window_writes_a_mask_of_the_read_frame(model, tmp_path):
 
 def test_bench_slide_json_has_its_keys(model, tmp_path):
     out = tmp_path / "bench.json"
-    args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "--json", str(out)]
+    args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "-o", str(out)]
     args += ["--option", "tile=256", "--option", "overlap=32", "--methods", "plain,window,before"]
+    args += ["--model", f"{model}@onnxruntime"]  # segcls again, its backend named: a variant in the same rounds
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     result = json.loads(out.read_text())
@@ -75,12 +76,19 @@ def test_bench_slide_json_has_its_keys(model, tmp_path):
     stages = result["segcls_stages_s"]
     assert set(stages) >= {"read+decode (reader threads)", "tissue", "inference", "stitch", "write", "total"}
     assert result["environment"]["versions"]["onnxruntime"]
+    (variant,) = result["variants"].values()
+    assert list(result["variants"]) == [f"{model}@onnxruntime"] and variant["backend"] == "onnxruntime"
+    assert variant["precision"] == "fp32" and variant["tiles"] == result["segcls"]["tiles"]
+    for key in ("speedup_vs_plain_loop", "segcls_over_this", "e2e_over_backend", "seconds"):
+        assert variant[key]["median"] > 0
+    assert result["segcls"]["precision"] == "fp32" and "backend_choice" in result["segcls"]
     assert "speedup vs plain loop" in out.with_suffix(".md").read_text()
+    assert f"| {model.name}@onnxruntime | onnxruntime | fp32 |" in out.with_suffix(".md").read_text()
 
 
 def test_bench_slide_before_runs_its_own_options_and_refuses_bad_ones(model, tmp_path):
     out = tmp_path / "bench.json"
-    args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "--json", str(out)]
+    args = ["slide", str(CMU), "--model", str(model), "--mpp", "2.0", "--rounds", "1", "-o", str(out)]
     args += ["--option", "tile=256", "--methods", "before", "--before", "overlap=64", "--before", "trim=false"]
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
@@ -96,14 +104,16 @@ def test_bench_slide_before_runs_its_own_options_and_refuses_bad_ones(model, tmp
 def test_bench_slide_reports_a_failed_method_in_one_line(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not a model")
-    done = CliRunner().invoke(main, ["slide", str(CMU), "--model", str(bad), "--rounds", "1"])
+    done = CliRunner().invoke(
+        main, ["slide", str(CMU), "--model", str(bad), "--rounds", "1", "-q", "-o", str(tmp_path / "r.json")]
+    )
     assert done.exit_code != 0
     assert done.output.startswith("Error: the segcls run failed") and len(done.output.splitlines()) == 1
 
 
 def test_readers_command(tmp_path):
     out = tmp_path / "readers.json"
-    args = ["readers", str(CMU), "--workers", "1,2", "--rounds", "1", "--max-tiles", "6", "--json", str(out)]
+    args = ["readers", str(CMU), "--workers", "1,2", "--rounds", "1", "--max-tiles", "6", "-o", str(out)]
     args += ["--tile", "512", "--decoders", "segcls,openslide"]
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
@@ -119,7 +129,12 @@ def test_baselines_run_the_baseline_model(monkeypatch, tmp_path):
     import segcls.bench.slide as bench
 
     ran = []
-    monkeypatch.setattr(bench, "run_method", lambda method, slide, model, *a: ran.append((method, model.name)))
+
+    def run_method(method, slide, model, *args, open_only=False):
+        if not open_only:  # the untimed open before the rounds
+            ran.append((method, model.path.name))
+
+    monkeypatch.setattr(bench, "run_method", run_method)
     monkeypatch.setattr(bench, "summarize", lambda *a: {})
     result = bench.bench_slide(CMU, "int8.onnx", rounds=2, methods=("segcls", "plain"), baseline_model="fp32.onnx")
     assert ran == [("segcls", "int8.onnx"), ("plain", "fp32.onnx"), ("plain", "fp32.onnx"), ("segcls", "int8.onnx")]
@@ -146,14 +161,14 @@ def test_overlap_study_rows_with_and_without_trimming(model):
 def test_bench_shapes_reports_cost_per_mpx_and_refuses_bad_shapes(model, tmp_path):
     out = tmp_path / "shapes.json"
     done = CliRunner().invoke(
-        main, ["shapes", str(model), "--shapes", "128x128,64x128", "--rounds", "2", "--json", str(out)]
+        main, ["shapes", str(model), "--shapes", "128x128,64x128", "--rounds", "2", "-o", str(out)]
     )
     assert done.exit_code == 0, done.output
     rows = json.loads(out.read_text())["rows"]
     assert [r["shape"] for r in rows] == [[128, 128], [64, 128]]
     assert rows[0]["vs_first"]["median"] == 1.0 and all(r["ms_per_mpx"] > 0 for r in rows)
     bad = CliRunner().invoke(main, ["shapes", str(model), "--shapes", "100x128"])
-    assert bad.exit_code == 2 and "multiples of 16" in bad.output
+    assert bad.exit_code == 2 and "multiple of 16" in bad.output
 
 
 @pytest.mark.parametrize(

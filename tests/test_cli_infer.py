@@ -150,12 +150,12 @@ def test_unwritable_output(tmp_path, model, png_slide):
 
 
 def test_ctrl_c_leaves_no_mask(tmp_path, model, png_slide, monkeypatch):
-    import segcls.runtime.pipeline as pipeline
+    import segcls.runtime.feed as feed
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "read_tile", interrupt)
+    monkeypatch.setattr(feed, "read_tile", interrupt)
     out = tmp_path / "out.tif"
     r = invoke(png_slide, "-o", out, "--model", model, "--slide-mpp", 2.0, *FAST, "--summary", "--probs")
     assert r.exit_code == 130

@@ -75,7 +75,7 @@ def test_truth_scores_the_mask_against_a_finer_hand_made_truth(tmp_path, model):
 def test_missing_truth_fails_before_work(tmp_path, model):
     out = tmp_path / "m.tif"
     r = invoke(CMU, "-o", out, "--model", model, *FAST, "--truth", tmp_path / "nope.tif")
-    assert r.exit_code == 2 and "ground-truth mask not found" in r.output
+    assert r.exit_code == 2 and r.output.startswith("Error: --truth:") and "does not exist" in r.output
     assert not out.exists()
 
 

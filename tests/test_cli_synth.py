@@ -21,7 +21,7 @@ def _error_line(result) -> str:
 
 def test_dataset(runner, tmp_path):
     out = tmp_path / "ds"
-    args = ["dataset", str(out), "--images", "2", "--size", "256", "--labeled", "1", "--labeled-size", "128"]
+    args = ["dataset", "-o", str(out), "--images", "2", "--size", "256", "--labeled", "1", "--labeled-size", "128"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "dataset.json").read_text())["mpp"] == 2.0
@@ -33,7 +33,7 @@ def test_dataset(runner, tmp_path):
 
 @pytest.mark.parametrize("size", ["100", "0", "-16"])
 def test_dataset_bad_size(runner, tmp_path, size):
-    result = runner.invoke(main, ["dataset", str(tmp_path / "ds"), "--size", size])
+    result = runner.invoke(main, ["dataset", "-o", str(tmp_path / "ds"), "--size", size])
     assert result.exit_code == 2
     assert "--size" in _error_line(result)
     assert list(tmp_path.iterdir()) == []
@@ -41,7 +41,7 @@ def test_dataset_bad_size(runner, tmp_path, size):
 
 def test_dataset_unwritable(runner, tmp_path):
     (tmp_path / "file").write_text("")
-    result = runner.invoke(main, ["dataset", str(tmp_path / "file" / "ds"), "--images", "1"])
+    result = runner.invoke(main, ["dataset", "-o", str(tmp_path / "file" / "ds"), "--images", "1"])
     assert result.exit_code == 2
     _error_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
@@ -49,7 +49,7 @@ def test_dataset_unwritable(runner, tmp_path):
 
 def test_slide_with_mask(runner, tmp_path):
     out, mask = tmp_path / "s.tif", tmp_path / "m.tif"
-    args = ["slide", str(out), "--width", "700", "--height", "500", "--mask", str(mask), "--tile", "256"]
+    args = ["slide", "-o", str(out), "--width", "700", "--height", "500", "--mask", str(mask), "--tile", "256"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1].startswith(f"Wrote {out} and mask {mask}: 700 x 500 px")
@@ -64,14 +64,14 @@ def test_slide_with_mask(runner, tmp_path):
     [(["--width", "0", "--height", "10"], "size"), (["--width", "64", "--height", "64", "--tile", "100"], "tile")],
 )
 def test_slide_bad_arguments(runner, tmp_path, extra, word):
-    result = runner.invoke(main, ["slide", str(tmp_path / "s.tif"), "--mask", str(tmp_path / "m.tif"), *extra])
+    result = runner.invoke(main, ["slide", "-o", str(tmp_path / "s.tif"), "--mask", str(tmp_path / "m.tif"), *extra])
     assert result.exit_code == 2
     assert word in _error_line(result)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_slide_unwritable(runner, tmp_path):
-    args = ["slide", str(tmp_path / "missing" / "s.tif"), "--width", "64", "--height", "64"]
+    args = ["slide", "-o", str(tmp_path / "missing" / "s.tif"), "--width", "64", "--height", "64"]
     result = runner.invoke(main, [*args, "--mask", str(tmp_path / "m.tif")])
     assert result.exit_code == 2
     assert "missing" in _error_line(result)

@@ -1,4 +1,6 @@
-"""Cohorts on Ray (a local instance, 2 CPUs): same masks as the local run, failures, reruns, killed workers."""
+"""Cohorts on Ray (a local instance, 2 CPUs): same masks as the local run, failures, reruns, killed workers.
+
+Losing a whole node: tests/test_ray_node_loss.py."""
 
 from __future__ import annotations
 
@@ -9,17 +11,21 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from _ray_faults import CrashingModel, pickle_by_value
 from _runtime_models import exported_onnx, tissue_image
 from click.testing import CliRunner
 from PIL import Image
 
 from segcls.runtime.cli import main
-from segcls.runtime.cohort import CRASH_FILE_ENV, infer_cohort
-from segcls.runtime.pipeline import InferOptions
+from segcls.runtime.cohort import ModelSpec, infer_cohort
+from segcls.runtime.options import InferOptions
+from segcls.runtime.ray_runner import RayRunner
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
-FAST = ["--tile", "128", "--overlap", "16", "--batch", "1", "--slide-mpp", "2.0", "-q"]
-OPTIONS = InferOptions(tile=128, overlap=16, batch=1, slide_mpp=2.0, progress=False)
+FAST = ["--backend", "onnxruntime", "--tile", "128", "--overlap", "16", "--batch", "1", "--slide-mpp", "2.0", "-q"]
+# ONNX Runtime named: with auto, workers (1 thread) and the local run (all cores) could time their way to
+# different backends, whose labels may differ by a tie (what is compared here is the cohort machinery).
+OPTIONS = InferOptions(backend="onnxruntime", tile=128, overlap=16, batch=1, slide_mpp=2.0, progress=False)
 NAMES = ("a", "b", "c")
 
 
@@ -70,23 +76,18 @@ def local(tmp_path_factory, model, slides):
 
 
 @pytest.fixture(scope="module")
-def crash_file(tmp_path_factory):
-    """A local Ray instance for the module; creating the returned file arms the crash hook in the workers."""
+def ray_local():
+    """A local Ray instance for the module (2 CPUs: two workers of 1 CPU)."""
     ray = pytest.importorskip("ray")
-    armed = tmp_path_factory.mktemp("crash") / "armed"
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {CRASH_FILE_ENV: str(armed)}},
-    )
-    yield armed
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pickle_by_value()
+    yield
     ray.shutdown()
 
 
 @needs_ray
 def test_no_cluster_at_the_address_is_one_error_line(tmp_path, model, slides):
-    # First in the module: "auto" would join the local instance that the `crash_file` fixture starts.
+    # First in the module: "auto" would join the local instance that the `ray_local` fixture starts.
     import os
     import subprocess
     from pathlib import Path
@@ -100,9 +101,10 @@ def test_no_cluster_at_the_address_is_one_error_line(tmp_path, model, slides):
 
 
 @needs_ray
-def test_masks_identical_to_the_local_run(tmp_path, model, slides, local, crash_file):
-    rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS)
+def test_masks_identical_to_the_local_run(tmp_path, model, slides, local, ray_local):
+    rows = infer_cohort(slides, model, tmp_path / "out", OPTIONS, runner=RayRunner()).rows
     assert [r.status for r in rows] == ["done"] * len(slides)
+    assert [r.attempts for r in rows] == [1] * len(slides)
     for slide in slides:
         assert same_mask(tmp_path / "out" / f"{slide.stem}.mask.tif", local / f"{slide.stem}.mask.tif")
     assert {row["status"] for row in table(tmp_path / "out").values()} == {"done"}
@@ -112,7 +114,7 @@ def test_masks_identical_to_the_local_run(tmp_path, model, slides, local, crash_
 
 
 @needs_ray
-def test_a_broken_slide_is_reported_and_the_others_go_on(tmp_path, model, slides, local, crash_file):
+def test_a_broken_slide_is_reported_and_the_others_go_on(tmp_path, model, slides, local, ray_local):
     bad = tmp_path / "broken.svs"
     bad.write_text("not a slide")
     out = tmp_path / "out"
@@ -129,7 +131,7 @@ def test_a_broken_slide_is_reported_and_the_others_go_on(tmp_path, model, slides
 
 
 @needs_ray
-def test_a_rerun_skips_finished_slides(tmp_path, model, slides, crash_file):
+def test_a_rerun_skips_finished_slides(tmp_path, model, slides, ray_local):
     out = tmp_path / "out"
     args = [*slides[:2], "-o", out, "--model", model, *FAST, "--summary", "--ray"]
     assert invoke(*args).exit_code == 0
@@ -146,23 +148,25 @@ def test_a_rerun_skips_finished_slides(tmp_path, model, slides, crash_file):
 
 
 @needs_ray
-def test_a_worker_killed_mid_slide_leaves_no_mask_and_its_retry_the_same_one(
-    tmp_path, model, slides, local, crash_file
-):
+def test_a_worker_killed_mid_slide_leaves_no_mask_and_its_retry_the_same_one(tmp_path, model, slides, local, ray_local):
     out = tmp_path / "out"
     opts = InferOptions(**{**OPTIONS.__dict__, "probs": "-"})
-    crash_file.touch()  # no retries: the slide fails, and nothing of it is left but a temporary file
-    rows = infer_cohort(slides[:1], model, out, opts, retries=0)
-    assert not crash_file.exists(), "the worker did not reach the crash hook"
-    assert rows[0].status == "failed" and "Ray worker failed 1 times" in rows[0].error
-    assert not (out / "a.mask.tif").exists() and not (out / "a.probs.npy").exists()
+    armed = tmp_path / "armed"
+    crashing = CrashingModel(**ModelSpec.of(model, opts).__dict__, armed=str(armed))
+    armed.touch()  # no retries: the slide fails, and nothing of it is left
+    rows = infer_cohort(slides[:1], crashing, out, opts, runner=RayRunner(retries=0)).rows
+    assert not armed.exists(), "the worker did not reach the crash"
+    assert rows[0].status == "failed" and "Ray worker was lost 1 times" in rows[0].error
+    assert rows[0].attempts == 1
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv"]  # no mask, no .partial
 
-    crash_file.touch()  # one retry: the restarted worker redoes the slide
-    rows = infer_cohort(slides[:1], model, out, opts, retries=1)
-    assert not crash_file.exists()
-    assert rows[0].status == "done"
+    armed.touch()  # one retry: a new worker redoes the slide
+    rows = infer_cohort(slides[:1], crashing, out, opts, runner=RayRunner(retries=1)).rows
+    assert not armed.exists()
+    assert rows[0].status == "done" and rows[0].attempts == 2
     assert same_mask(out / "a.mask.tif", local / "a.mask.tif")
     assert sorted(p.name for p in out.iterdir()) == ["a.mask.tif", "a.probs.npy", "cohort.csv"]  # no .partial
+    assert table(out)["a.png"]["attempts"] == "2"
 
 
 def test_ray_missing_is_one_error_line(tmp_path, model, slides, monkeypatch):
@@ -176,7 +180,7 @@ def test_ray_missing_is_one_error_line(tmp_path, model, slides, monkeypatch):
 
 
 @needs_ray
-def test_a_tensorrt_engine_on_a_cluster_without_gpus_is_an_error(tmp_path, slides, model, crash_file):
+def test_a_tensorrt_engine_on_a_cluster_without_gpus_is_an_error(tmp_path, slides, model, ray_local):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not needed: refused before any worker starts")
     r = invoke(*slides[:1], "-o", tmp_path / "out", "--model", engine, *FAST, "--ray")

@@ -160,3 +160,19 @@ def test_hed_off_draws_nothing_and_on_changes_colour_only():
     assert not torch.allclose(on[0], plain[0])
     repeat = augment_batch(images, masks, torch.Generator().manual_seed(1), *IDENTITY, hed=0.1)
     assert torch.equal(on[0], repeat[0])
+
+
+@pytest.mark.parametrize("hed", [0.0, 0.1])
+def test_a_share_is_augmented_as_in_the_whole_batch(hed):
+    """A torchrun rank augments only its rows, with the whole batch's draws: the rows one process makes."""
+    images, masks = _batch(b=8)
+    whole = augment_batch(images, masks, torch.Generator().manual_seed(5), IMAGENET_MEAN, IMAGENET_STD, hed=hed)
+    for share in (slice(0, None, 2), slice(1, None, 2), slice(0, None, 4), slice(0, None, 1)):
+        part = augment_batch(
+            images[share], masks[share], torch.Generator().manual_seed(5), IMAGENET_MEAN, IMAGENET_STD,
+            share=share, batch_size=8, hed=hed,
+        )  # fmt: skip
+        torch.testing.assert_close(part[0], whole[0][share], rtol=0, atol=1e-6)
+        assert torch.equal(part[1], whole[1][share])
+    with pytest.raises(ValueError, match=r"3 tiles are not the rows slice\(0, None, 2\) of a batch of 8"):
+        augment_batch(images[:3], masks[:3], None, IMAGENET_MEAN, IMAGENET_STD, share=slice(0, None, 2), batch_size=8)

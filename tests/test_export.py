@@ -187,7 +187,7 @@ def test_cli_writes_model(checkpoint, workdir, monkeypatch, exported):
 @pytest.mark.parametrize(
     "make_input, output, message",
     [
-        (lambda d: d / "missing.pt", "m.onnx", "checkpoint not found"),
+        (lambda d: d / "missing.pt", "m.onnx", "does not exist"),
         (lambda d: (d / "junk.pt").write_bytes(b"not a checkpoint") and d / "junk.pt", "m.onnx", "not a readable"),
         (lambda d: d / "model.pt", "m.engine", "must be a .onnx file"),
         (lambda d: d / "model.pt", "no_such_dir/m.onnx", "output folder does not exist"),

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segcls.runtime.cli import main as infer
-from segcls.runtime.cli import plan_outputs
+from segcls.runtime.outputs import plan_outputs
 
 BLOCKER = """
 import os, sys
@@ -63,12 +63,14 @@ def entry_point(tmp_path: Path, command: str, args: list[str], block: str = "") 
         ("segcls-sweep", ["ds", "-o", "sw"], "torch", "torch is not installed: pip install 'segcls[train]'"),
         ("segcls-export", ["best.pt", "-o", "m.onnx"], "torch", "torch is not installed: pip install 'segcls[export]'"),
         ("segcls-export", ["best.pt", "-o", "m.onnx"], "onnx", "onnx is not installed: pip install 'segcls[export]'"),
-        ("segcls-prepare", ["qupath", "s.tif", "ds", "-a", "."], "shapely", "pip install 'segcls[prepare]'"),
+        ("segcls-prepare", ["qupath", "s.tif", "-o", "ds", "-a", "."], "shapely", "pip install 'segcls[prepare]'"),
     ],
 )
 def test_a_missing_extra_is_one_line_and_exit_2(tmp_path, command, args, block, message):
     if command == "segcls-prepare":
         Image.new("RGB", (8, 8)).save(tmp_path / "s.tif")
+    (tmp_path / "ds").mkdir()  # the inputs exist: they are checked first
+    (tmp_path / "best.pt").write_bytes(b"")
     r = entry_point(tmp_path, command, args, block)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "ModuleNotFoundError" not in r.stderr

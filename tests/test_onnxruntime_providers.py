@@ -94,8 +94,12 @@ def test_provider_missing_from_this_onnxruntime(onnx_path):
 
 
 def test_io_binding_matches_run(onnx_path, batch):
-    """The IO-binding path for real, on the CPU provider: same outputs, probs fetched only when read."""
-    plain = open_backend(onnx_path).infer(batch)
+    """The IO-binding path for real, on the CPU provider: same outputs, probs fetched only when read; a CPU
+    runs the shapes it is given (no padding)."""
+    plain_backend = open_backend(onnx_path)
+    plain = plain_backend.infer(batch)
+    assert plain_backend.infer(batch[:1]).labels.shape[0] == 1
+    assert plain_backend.shapes_run == {batch.shape, (1, *batch.shape[1:])}
     bound = OnnxRuntimeBackend(onnx_path, io_binding=True)
     bound.load()
     out = bound.infer(batch)
@@ -105,13 +109,35 @@ def test_io_binding_matches_run(onnx_path, batch):
     np.testing.assert_array_equal(out.class_scores, plain.class_scores)
 
 
-def test_gpu_session_binds_outputs_on_the_device(onnx_path, monkeypatch, batch):
-    """A session that really runs on CUDA gets its outputs bound on 'cuda' (checked against a recorder)."""
+@pytest.fixture
+def cuda_session(monkeypatch):
+    """ORT whose sessions say they run on CUDA (and run on the CPU)."""
     listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: listed)
     monkeypatch.setattr(
         onnxruntime, "InferenceSession", lambda p, o, providers: _Session(p, o, providers, ["CUDAExecutionProvider"])
     )
+
+
+def test_gpu_session_runs_one_input_shape(onnx_path, cuda_session):
+    """cuDNN's EXHAUSTIVE search (and the TensorRT EP's engine build) run per input shape: on a GPU
+    provider the last, smaller batch of a slide is padded up to the others; its outputs are its own."""
+    tiles = np.stack([tissue_image(64, 64, seed=s) for s in range(5)])
+    reference = open_backend(onnx_path, providers=["CPUExecutionProvider"]).infer(tiles)
+    backend = open_backend(onnx_path)
+    assert backend.device == "CUDAExecutionProvider"
+    outs = [
+        (o.labels.copy(), np.asarray(o.probs), o.class_scores)
+        for o in backend.infer_stream([tiles[:2], tiles[2:4], tiles[4:]])
+    ]
+    assert backend.shapes_run == {(2, 64, 64, 3)}
+    assert [len(labels) for labels, _, _ in outs] == [2, 2, 1] and outs[2][1].shape == (1, 3, 8, 8)
+    for got, want in zip(zip(*outs, strict=True), reference, strict=True):
+        np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+
+
+def test_gpu_session_binds_outputs_on_the_device(onnx_path, cuda_session, batch):
+    """A session that really runs on CUDA gets its outputs bound on 'cuda' (checked against a recorder)."""
     backend = open_backend(onnx_path)
     assert backend.device == "CUDAExecutionProvider" and backend.fallback is None
     real_binding = backend.session._real.io_binding

@@ -14,7 +14,8 @@ from _runtime_models import exported_onnx, tissue_image
 
 from segcls.core.errors import SegclsError
 from segcls.runtime.backends import open_backend
-from segcls.runtime.pipeline import InferOptions, cpu_sessions, infer_slide, open_model
+from segcls.runtime.cores import cpu_sessions
+from segcls.runtime.pipeline import InferOptions, infer_slide, open_model
 
 _REAL_SESSION = onnxruntime.InferenceSession
 SLOW, FAIL = 7, 9  # a tile whose first pixel is SLOW runs slowly, FAIL raises
@@ -154,13 +155,13 @@ def test_a_gpu_provider_keeps_one_session(onnx_path, monkeypatch):
 def test_auto_sessions_follow_the_cores(onnx_path, watched):
     assert [cpu_sessions("auto", n) for n in (1, 2, 16)] == [1, 2, 2]
     assert cpu_sessions(3, 2) == 3
-    open_model(onnx_path, threads=2).close()
+    open_model(onnx_path, "onnxruntime", threads=2).close()  # named: auto would time OpenVINO beside it
     assert watched.threads == [1, 1]
     watched.threads.clear()
-    open_model(onnx_path, threads=1).close()
+    open_model(onnx_path, "onnxruntime", threads=1).close()
     assert watched.threads == [1]
     watched.threads.clear()
-    open_model(onnx_path, threads=2, sessions=1).close()
+    open_model(onnx_path, "onnxruntime", threads=2, sessions=1).close()
     assert watched.threads == [2]
 
 

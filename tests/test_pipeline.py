@@ -18,7 +18,8 @@ from PIL import Image
 
 from segcls.core.errors import SegclsError, SlideError
 from segcls.runtime.backends import Backend, open_backend
-from segcls.runtime.pipeline import InferOptions, detection_side, infer_slide
+from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.plan import detection_side
 from segcls.runtime.tiling import TileGrid
 
 PAD = 128  # white margin for whole-image inference: the slide sits on white glass, as tiles see it
@@ -187,6 +188,7 @@ def test_summary_json(backend, image, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["size"] == [624, 480] and s["mpp"] == 2.0 and s["level"] == 0
     assert s["backend"] == "onnxruntime" and s["device"] == "CPUExecutionProvider"
+    assert s["precision"] == "fp32" and s["backend_choice"] is None  # a backend opened by name, not by auto
     assert set(s["timings_s"]) >= {"read", "infer", "stitch", "write", "total"}
     assert s["slide_class"]["class"] in ("background", "benign", "tumour")
     # every label-map pixel is one of the classes: areas add up to the slide's area
@@ -248,7 +250,8 @@ PEAK_SCRIPT = """
 import numpy as np
 from segcls.core.description import ModelDescription
 from segcls.runtime.backends.base import Backend, BackendOutput
-from segcls.runtime.pipeline import InferOptions, detection_side, infer_slide
+from segcls.runtime.pipeline import InferOptions, infer_slide
+from segcls.runtime.plan import detection_side
 
 
 def peak_mb():  # VmHWM: peak resident set of this process (ru_maxrss would include the parent's)
@@ -369,13 +372,13 @@ def test_batch_buffers_are_reused_not_grown(image, tmp_path, ahead):
 
 
 def test_workers_auto_budget():
-    from segcls.runtime.pipeline import reader_budget
+    from segcls.runtime.cores import reader_budget
 
-    assert reader_budget("auto", "CPUExecutionProvider", cores=2) == 1  # the backend keeps both cores
-    assert reader_budget("auto", "cpu", cores=16) == 2
-    assert reader_budget("auto", "cuda:0 (NVIDIA H200)", cores=16) == 15  # a GPU box: readers on every core
-    assert reader_budget("auto", "CUDAExecutionProvider", cores=2) == 2
-    assert reader_budget(3, "cpu", cores=2) == 3
+    assert reader_budget("auto", True, cores=2) == 1  # the backend keeps both cores
+    assert reader_budget("auto", True, cores=16) == 2
+    assert reader_budget("auto", False, cores=16) == 15  # a GPU box: readers on every core
+    assert reader_budget("auto", False, cores=2) == 2
+    assert reader_budget(3, True, cores=2) == 3
     assert InferOptions(workers="auto").workers == "auto" and InferOptions(workers="2").workers == 2
     for bad in ("many", 0):
         with pytest.raises(SegclsError, match="--workers"):
@@ -404,34 +407,41 @@ def test_trimmed_tiles_cost_less_and_agree_with_whole_image_inference(backend, t
     assert cost[False] == pytest.approx(whole.summary["tiles"]["run"] * 384**2 / 1e6, abs=1e-3)
 
 
-class DeviceColourBackend(ColourBackend):
-    """ColourBackend reporting the `device` it is given (a GPU or a CPU), recording its input sizes."""
+class FixedTileColourBackend(ColourBackend):
+    """ColourBackend that runs on the CPU or not, and wants a fixed tile or not; records its input sizes."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, on_cpu: bool, fixed_tile: bool) -> None:
         super().__init__()
-        self.where, self.sizes = device, set()
+        self.cpu, self.fixed, self.sizes = on_cpu, fixed_tile, set()
 
     def infer(self, batch):
         self.sizes.add(batch.shape[1:3])
         return super().infer(batch)
 
     @property
-    def device(self) -> str:
-        return self.where
+    def on_cpu(self) -> bool:
+        return self.cpu
+
+    @property
+    def fixed_tile(self) -> bool:
+        return self.fixed
 
 
 @pytest.mark.parametrize(
-    ("device", "trim", "stitch", "trimmed"),
+    ("on_cpu", "fixed_tile", "trim", "stitch", "trimmed"),
     [
-        ("cpu", True, "crop", True),
-        ("CPUExecutionProvider", True, "crop", True),
-        ("cpu", False, "crop", False),  # --no-trim
-        ("cpu", True, "blend", False),  # blending weighs whole tiles
-        ("cuda:0 (NVIDIA H200)", True, "crop", False),  # one input shape for engines, autotuning, batches
+        (True, False, True, "crop", True),
+        (False, False, True, "crop", True),  # a device that runs any input size in proportion to its area
+        (True, False, False, "crop", False),  # --no-trim
+        (True, False, True, "blend", False),  # blending weighs whole tiles
+        (False, True, True, "crop", False),  # one input shape for engines, autotuning, batches
+        (True, True, True, "crop", False),
     ],
 )
-def test_only_cpu_backends_in_crop_mode_trim_tiles(image, tmp_path, device, trim, stitch, trimmed):
-    colour = DeviceColourBackend(device)
+def test_only_backends_without_a_fixed_tile_in_crop_mode_trim_tiles(
+    image, tmp_path, on_cpu, fixed_tile, trim, stitch, trimmed
+):
+    colour = FixedTileColourBackend(on_cpu, fixed_tile)
     colour.load()
     opts = InferOptions(tile=128, overlap=32, batch=3, trim=trim, stitch=stitch, tissue="none", progress=False)
     result = infer_slide(ArraySlide(image), colour, tmp_path / "m.tif", opts)
@@ -441,7 +451,7 @@ def test_only_cpu_backends_in_crop_mode_trim_tiles(image, tmp_path, device, trim
 
 
 def test_batches_hold_tiles_of_one_size():
-    from segcls.runtime.pipeline import batch_tiles
+    from segcls.runtime.feed import batch_tiles
     from segcls.runtime.tiling import Tile
 
     sizes = [64, 64, 64, 64, 64, 32, 32, 64]
@@ -456,7 +466,7 @@ def test_batches_hold_tiles_of_one_size():
 def test_trimmed_tiles_own_every_tissue_pixel_with_overlap_context(seed, splits, specks):
     """Whatever the tissue, each tissue pixel of a core lies at least `overlap` px inside one of the
     inputs its tile was trimmed (and split) into, and splitting never costs more than the bounding box."""
-    from segcls.runtime.pipeline import trim_tiles
+    from segcls.runtime.plan import trim_tiles
 
     grid = TileGrid((700, 500), 256, 32)  # 4 x 3 cores of 24 map px, the last ones cut short
     rng = np.random.default_rng(seed)
@@ -486,7 +496,7 @@ def test_trimmed_tiles_own_every_tissue_pixel_with_overlap_context(seed, splits,
 
 
 def test_scattered_tissue_is_split_into_smaller_inputs():
-    from segcls.runtime.pipeline import trim_tiles
+    from segcls.runtime.plan import trim_tiles
 
     grid = TileGrid((1024, 1024), 1024, 64)  # one core of 896 px = 112 map px
     tissue = np.zeros(grid.map_shape, dtype=bool)

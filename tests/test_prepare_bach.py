@@ -129,7 +129,7 @@ def test_cli_error_exit_code_and_no_partial_output(tmp_path):
     top = write_bach(tmp_path / "raw", wsis=("A01",))
     (top / "WSI" / "A01.xml").write_text(imagescope_xml([("Stroma", [(0, 0), (9, 0), (9, 9)])]))
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["bach", str(tmp_path / "raw"), str(out), "--quiet"])
+    result = CliRunner().invoke(main, ["bach", str(tmp_path / "raw"), "-o", str(out), "--quiet"])
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "A01.xml" in result.output
     assert result.output.count("\n") == 1
@@ -138,7 +138,7 @@ def test_cli_error_exit_code_and_no_partial_output(tmp_path):
 
 def test_cli_writes_and_refuses_to_overwrite(raw, tmp_path):
     out = tmp_path / "out"
-    args = ["bach", str(raw), str(out), "--quiet", "--wsi", "A01"]
+    args = ["bach", str(raw), "-o", str(out), "--quiet", "--wsi", "A01"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     # default target: pyramid level 2 of the BACH slides (16 x 0.467 um/px), as in the paper
@@ -147,7 +147,7 @@ def test_cli_writes_and_refuses_to_overwrite(raw, tmp_path):
         assert im.size == (128, 96)  # 2048 x 1536 / 16
     assert result.output.startswith("bach: 1 images with masks") and result.output.count("\n") == 1
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output
     (out / "marker").write_text("old")
     assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
     assert not (out / "marker").exists() and (out / "dataset.json").exists()

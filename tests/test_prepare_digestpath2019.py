@@ -77,8 +77,8 @@ def test_malformed_folders(tmp_path):
 
 def test_cli(raw, tmp_path):
     out = tmp_path / "dp"
-    result = CliRunner().invoke(main, ["digestpath2019", str(raw), str(out), "--size", "32", "--quiet"])
+    result = CliRunner().invoke(main, ["digestpath2019", str(raw), "-o", str(out), "--size", "32", "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("digestpath2019: 4 images with masks (train 2 / val 1 / test 1)")
-    missing = CliRunner().invoke(main, ["digestpath2019", str(raw / "tissue-train-neg"), str(tmp_path / "x")])
+    missing = CliRunner().invoke(main, ["digestpath2019", str(raw / "tissue-train-neg"), "-o", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "missing folder 'tissue-train-pos-v1'" in missing.output

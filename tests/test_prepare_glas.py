@@ -136,15 +136,15 @@ def test_broken_downloads_are_one_line_errors(tmp_path, breakage, message):
     with pytest.raises(DatasetError, match=message):
         prepare_glas(raw, tmp_path / "ds", progress=False)
     assert not (tmp_path / "ds").exists()
-    r = CliRunner().invoke(main, ["glas", str(raw), str(tmp_path / "ds2"), "--quiet"])
+    r = CliRunner().invoke(main, ["glas", str(raw), "-o", str(tmp_path / "ds2"), "--quiet"])
     assert r.exit_code != 0 and r.output.startswith("Error: ") and r.output.count("\n") == 1
 
 
 def test_cli(raw, tmp_path):
     out = tmp_path / "ds"
-    r = CliRunner().invoke(main, ["glas", str(raw), str(out), "--quiet", "--seed", "2", "--mpp", "1.24"])
+    r = CliRunner().invoke(main, ["glas", str(raw), "-o", str(out), "--quiet", "--seed", "2", "--mpp", "1.24"])
     assert r.exit_code == 0, r.output
     assert "15 images" in r.output and "1.24 um/px" in r.output
     assert json.loads((out / "dataset.json").read_text())["mpp"] == 1.24
-    r = CliRunner().invoke(main, ["glas", str(raw), str(out), "--quiet"])
+    r = CliRunner().invoke(main, ["glas", str(raw), "-o", str(out), "--quiet"])
     assert r.exit_code != 0 and "--overwrite" in r.output

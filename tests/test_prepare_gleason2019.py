@@ -108,7 +108,7 @@ def test_malformed_maps(tmp_path):
 
 def test_cli_missing_folder(tmp_path):
     (tmp_path / "raw" / "Maps1_T").mkdir(parents=True)
-    result = CliRunner().invoke(main, ["gleason2019", str(tmp_path / "raw"), str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["gleason2019", str(tmp_path / "raw"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "missing folder 'Train Imgs'" in result.output
     assert not (tmp_path / "out").exists()

@@ -110,7 +110,7 @@ def prepare(tmp_path, slide, doc, *extra, name="S1.geojson", writer=None):
     out = tmp_path / "ds"
     # --tile 1024: larger than the annotations, so one slide stays whole in train (no spatial split; that
     # is tested in test_spatial_split.py) and the pieces can be put back together here
-    r = run(slide, out, "-a", ann, "--mpp", MPP, "--quiet", "--tile", 1024, *extra)
+    r = run(slide, "-o", out, "-a", ann, "--mpp", MPP, "--quiet", "--tile", 1024, *extra)
     return r, out
 
 
@@ -318,13 +318,13 @@ def test_bad_geojson_gives_one_error_line_naming_file_and_feature(tmp_path, slid
 def test_not_json_and_missing_pairs(tmp_path, slide):
     bad = tmp_path / "S1.geojson"
     bad.write_text("{not json")
-    r = run(slide, tmp_path / "ds", "-a", bad)
+    r = run(slide, "-o", tmp_path / "ds", "-a", bad)
     assert r.exit_code == 2 and "not a GeoJSON file" in r.output
     folder = tmp_path / "ann"
     folder.mkdir()
     (folder / "other.geojson").write_text(json.dumps(collection()))
     (folder / "more.geojson").write_text(json.dumps(collection()))
-    r = run(slide, tmp_path / "ds", "-a", folder)
+    r = run(slide, "-o", tmp_path / "ds", "-a", folder)
     assert r.exit_code == 2 and "no annotation file for slide" in r.output
 
 
@@ -337,7 +337,7 @@ def test_several_slides_matched_by_name_and_split_by_slide(tmp_path, slide):
         slides.append(path)
         (folder / f"{name}.tif.geojson").write_text(json.dumps(collection(FEATURES[:2])))  # QuPath's "A.tif" names
     out = tmp_path / "ds"
-    r = run(*slides, out, "-a", folder, "--mpp", MPP * 2, "--val-slides", "B", "--quiet")
+    r = run(*slides, "-o", out, "-a", folder, "--mpp", MPP * 2, "--val-slides", "B", "--quiet")
     assert r.exit_code == 0, r.output
     split = json.loads((out / "split.json").read_text())
     assert {n[0] for n in split["train"]} == {"A", "C"} and {n[0] for n in split["val"]} == {"B"}
@@ -398,7 +398,7 @@ def test_round_trip_through_segcls_infer_geojson(tmp_path):
 
     for mpp, exact in ((16.0, True), (5.0, False)):  # 16 um/px = the label map (stride 8 of 2 um/px)
         out = tmp_path / f"ds{mpp}"
-        r = run(slide, out, "-a", geojson, "--mpp", mpp, "--classes", ",".join(classes), "--quiet")
+        r = run(slide, "-o", out, "-a", geojson, "--mpp", mpp, "--classes", ",".join(classes), "--quiet")
         assert r.exit_code == 0, r.output
         scale = mpp / 0.5
         size = (int(1600 / scale), int(1200 / scale))
@@ -424,8 +424,8 @@ def test_slides_with_and_without_an_mpp_are_not_mixed(tmp_path):
     write_slide(slides[1])
     for path in slides:
         (folder / f"{path.stem}.geojson").write_text(json.dumps(collection(FEATURES[:2])))
-    r = run(*slides, tmp_path / "ds", "-a", folder, "--quiet")
+    r = run(*slides, "-o", tmp_path / "ds", "-a", folder, "--quiet")
     assert r.exit_code != 0 and "B.tif has a microns-per-pixel but an earlier slide has none" in r.output
     assert not (tmp_path / "ds").exists()
-    r = run(*slides[::-1], tmp_path / "ds", "-a", folder, "--quiet")
+    r = run(*slides[::-1], "-o", tmp_path / "ds", "-a", folder, "--quiet")
     assert r.exit_code != 0 and "A.tif has no microns-per-pixel in its metadata" in r.output

@@ -14,12 +14,11 @@ from click.testing import CliRunner
 
 import segcls.export.cli as export_cli
 import segcls.export.onnx_export as onnx_export
-import segcls.export.quantize as quantize
 from segcls.core.errors import ExportError, SegclsError
 from segcls.core.model_info import disabled_optimizers, read_model_info
 from segcls.data.folder import open_dataset
 from segcls.export.onnx_export import export_onnx
-from segcls.export.quantize import Int8Options, fp32_attempts, int8_from_onnx, quantize_onnx, sample_tiles
+from segcls.export.quantize import Int8Options, int8_from_onnx, quantize_onnx, sample_tiles
 from segcls.export.verify import verify_int8
 from segcls.runtime.backends import open_backend
 
@@ -95,7 +94,7 @@ def test_cli_refuses_a_model_that_misses_the_criteria(checkpoint, dataset, workd
     monkeypatch.setattr(export_cli, "Int8Options", impossible)
     out = workdir / "refused" / "m.int8.onnx"
     out.parent.mkdir()
-    result = CliRunner().invoke(export_cli.main, _cli_args(checkpoint, dataset, out))
+    result = CliRunner().invoke(export_cli.main, [*_cli_args(checkpoint, dataset, out), "--int8-max-fp32", "0"])
     assert result.exit_code == 1, result.output
     assert "Error:" in result.output and "failed verification" in result.output
     assert "labels agreement (held-out tiles)" in result.output  # the figures are printed
@@ -110,7 +109,7 @@ def test_each_criterion_alone_refuses(fp32, dataset, tmp_path, criterion, kept):
     ds = open_dataset(dataset)
     out = tmp_path / "m.int8.onnx"
     with pytest.raises(ExportError, match="failed verification") as error:
-        int8_from_onnx(fp32, out, ds, Int8Options(**FAST, **{**LENIENT, **criterion}))
+        int8_from_onnx(fp32, out, ds, Int8Options(**FAST, **{**LENIENT, **criterion}, max_fp32=0))
     failed = str(error.value).split("failed verification:")[1]
     assert kept in failed and len(failed.split(";")) == 1  # only this criterion failed
     assert list(tmp_path.iterdir()) == []
@@ -164,32 +163,39 @@ def test_cli_int8_usage_errors(checkpoint, dataset, tmp_path, extra, message):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_fp32_attempts_add_each_fallback_to_those_before():
-    options = Int8Options(fp32_modules=("a", "b"), fallback_fp32=(("c",), ("b", "d")))
-    assert [o.fp32_modules for o in fp32_attempts(options)] == [("a", "b"), ("a", "b", "c"), ("a", "b", "c", "d")]
-    assert [o.fp32_modules for o in fp32_attempts(Int8Options(fallback_fp32=()))] == [Int8Options.fp32_modules]
-
-
-@pytest.mark.parametrize("fallback", [True, False])
-def test_a_model_that_misses_is_quantized_again_with_more_in_fp32(fp32, dataset, tmp_path, monkeypatch, fallback):
-    calls = []
-
-    def first_call_fails(*args):  # the real verification, with a criterion no model meets on the first try
-        calls.append(args)
-        return verify_int8(*args[:5], 1.01 if len(calls) == 1 else 0.5, 1.0)
-
-    monkeypatch.setattr(quantize, "verify_int8", first_call_fails)
-    options = Int8Options(**FAST, **LENIENT) if fallback else Int8Options(**FAST, **LENIENT, fallback_fp32=())
+def test_a_model_that_misses_gets_its_most_sensitive_layers_in_fp32_until_it_passes(fp32, dataset, tmp_path):
+    """All layers in FP32 is the FP32 model itself (agreement 1): a bar only that meets is met by the search."""
     out, log = tmp_path / "m.int8.onnx", []
-    if not fallback:
-        with pytest.raises(ExportError, match="failed verification"):
-            int8_from_onnx(fp32, out, open_dataset(dataset), options, log=log.append)
-        assert len(calls) == 1 and not out.exists()
-        return
+    options = Int8Options(**FAST, min_agreement=1.0, max_f1_delta=1.0, sensitivity_tiles=2)
     int8_from_onnx(fp32, out, open_dataset(dataset), options, log=log.append)
-    assert len(calls) == 2 and any("trying again with encoder.layer1.0" in line for line in log)
-    recorded = json.loads(read_model_info(out).metadata["segcls.int8_calibration"])["fp32_modules"]
-    assert recorded == [*Int8Options.fp32_modules, "encoder.layer1.0"]
+    assert any(line.startswith("missed verification: measuring the sensitivity of each of 8 quantized layers")
+               for line in log)  # fmt: skip
+    ranking = next(line for line in log if line.startswith("labels agreement on those tiles with one layer alone"))
+    assert "encoder.layer1.0" in ranking and "decoder" in ranking
+    recorded = json.loads(read_model_info(out).metadata["segcls.int8_calibration"])
+    assert recorded["fp32_modules"] == list(Int8Options.fp32_modules) and recorded["fp32_layers"]
+    shipped = next(line for line in log if line.startswith("FP32: "))
+    assert (
+        all(layer in shipped for layer in recorded["fp32_layers"]) and "of the convolutions' multiply-adds" in shipped
+    )
+    assert "x FP32, against" in shipped  # the speed the FP32 layers cost, measured
+
+
+def test_a_model_that_misses_with_the_most_fp32_layers_allowed_is_refused_with_its_figures(fp32, dataset, tmp_path):
+    out, log = tmp_path / "m.int8.onnx", []
+    options = Int8Options(**FAST, min_agreement=1.01, max_f1_delta=1.0, max_fp32=2, sensitivity_tiles=2)
+    expected = r"failed verification with 2 more layer\(s\) in FP32 .*--int8-max-fp32\): labels agreement \(held-out"
+    with pytest.raises(ExportError, match=expected):
+        int8_from_onnx(fp32, out, open_dataset(dataset), options, log=log.append)
+    assert sum("layer(s) in FP32 (" in line for line in log) == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_max_fp32_zero_keeps_exactly_the_named_modules(fp32, dataset, tmp_path):
+    options = Int8Options(**FAST, min_agreement=1.01, max_f1_delta=1.0, max_fp32=0)
+    log = []
+    with pytest.raises(ExportError, match=r"m.int8.onnx failed verification: labels agreement"):
+        int8_from_onnx(fp32, tmp_path / "m.int8.onnx", open_dataset(dataset), options, log=log.append)
+    assert not any("sensitivity" in line for line in log)
 
 
 def test_relus_are_folded_into_the_quantized_convs(fp32, dataset, tmp_path):

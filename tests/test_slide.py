@@ -172,16 +172,16 @@ def test_overlapping_reads_decode_each_stored_tile_once(tmp_path, rgb, monkeypat
     """Tiles with context overlap: a stored tile is decoded once and reused, with the same pixels."""
     path = tmp_path / "tiled.tif"
     tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64), compression="zlib")
-    from segcls.runtime import slide as slide_module
+    from segcls.runtime.slide import tiff_reader
 
     decoded = []  # every decode ends in a put: (page, segment index)
-    real = slide_module._DecodedTiles.put
+    real = tiff_reader._DecodedTiles.put
 
     def counting(self, key, value, nbytes):
         decoded.append(key)
         return real(self, key, value, nbytes)
 
-    monkeypatch.setattr(slide_module._DecodedTiles, "put", counting)
+    monkeypatch.setattr(tiff_reader._DecodedTiles, "put", counting)
     with TiffSlide(path) as slide:
         regions = [((x, y), (160, 128)) for y in (0, 96, 192) for x in (0, 112, 224, 336)]  # 48 px of overlap
         for location, size in regions:
@@ -195,7 +195,7 @@ def test_overlapping_reads_decode_each_stored_tile_once(tmp_path, rgb, monkeypat
 
 
 def test_decoded_tiles_stay_within_their_bytes():
-    from segcls.runtime.slide import _DecodedTiles
+    from segcls.runtime.slide.tiff_reader import _DecodedTiles
 
     cache = _DecodedTiles(max_bytes=100)
     for key in range(10):

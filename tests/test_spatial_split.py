@@ -165,6 +165,7 @@ def test_one_annotated_slide_prepare_train_export_infer(tmp_path):
         [
             "qupath",
             str(slide),
+            "-o",
             str(ds),
             "-a",
             str(tmp_path / "S1.geojson"),
@@ -218,7 +219,7 @@ def test_label_regions_never_touch_held_out_blocks(tmp_path):
         features.append(label)
     (tmp_path / "S1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     ds = tmp_path / "ds"
-    args = ["qupath", str(slide), str(ds), "-a", str(tmp_path / "S1.geojson"), "--mpp", str(SLIDE_MPP * SCALE)]
+    args = ["qupath", str(slide), "-o", str(ds), "-a", str(tmp_path / "S1.geojson"), "--mpp", str(SLIDE_MPP * SCALE)]
     r = CliRunner().invoke(prepare_main, [*args, "--tile", "32", "--quiet"])
     assert r.exit_code == 0, r.output
     split = json.loads((ds / "split.json").read_text())

@@ -109,7 +109,7 @@ def test_sweep_order_resume_and_the_shared_zero_run(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_train(run, resume=False, progress=True):
+    def fake_train(run, resume=False, progress=True, overwrite=False):
         calls.append((run.setting, run.seg_fraction, run.seed, resume))
         out = segcls.sweep.Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,9 @@ def test_more_epochs_resume_finished_runs(tmp_path, monkeypatch):
     import segcls.sweep
 
     calls = []
-    monkeypatch.setattr(segcls.train, "train", lambda run, resume=False, progress=True: calls.append(resume))
+    monkeypatch.setattr(
+        segcls.train, "train", lambda run, resume=False, progress=True, overwrite=False: calls.append(resume)
+    )
     run = segcls.sweep.run_dir(tmp_path / "o", "seg", "S", 1.0, 0)
     run.mkdir(parents=True)
     made = segcls.train.TrainConfig(dataset=str(tmp_path), out_dir=str(run), epochs=4, setting="S", seg_fraction=1.0)
@@ -176,3 +178,25 @@ def test_more_epochs_resume_finished_runs(tmp_path, monkeypatch):
     with pytest.raises(SegclsError, match=r"S_s1_seed0 holds a run made with other settings \(tile\)"):
         sweep(4, tile=made.tile // 2)  # another preset in the same folder: refused, not mixed into the results
     assert calls == [True]
+
+
+def test_overwrite_retrains_finished_runs_from_scratch(tmp_path, monkeypatch):
+    import segcls.sweep
+
+    calls = []
+    monkeypatch.setattr(
+        segcls.train,
+        "train",
+        lambda run, resume=False, progress=True, overwrite=False: calls.append((resume, overwrite)),
+    )
+    run = segcls.sweep.run_dir(tmp_path / "o", "seg", "S", 1.0, 0)
+    run.mkdir(parents=True)
+    made = segcls.train.TrainConfig(dataset=str(tmp_path), out_dir=str(run), setting="S", seg_fraction=1.0)
+    metrics = {"macro_f1": 0.5, "micro_f1": 0.5, "train_tiles": {"seg": 1, "cls": 0}}
+    (run / "metrics.json").write_text(segcls.sweep.json.dumps({**metrics, "config": dataclasses.asdict(made)}))
+    (run / "last.pt").write_bytes(b"")
+    config = segcls.sweep.SweepConfig(str(tmp_path), str(tmp_path / "o"), ("S",), (1.0,), 1)
+    segcls.sweep.run_sweep(config, progress=False)
+    assert calls == []  # finished: kept
+    segcls.sweep.run_sweep(dataclasses.replace(config, overwrite=True), progress=False)
+    assert calls == [(False, True)]  # not resumed from its last.pt: replaced

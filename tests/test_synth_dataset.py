@@ -70,9 +70,12 @@ def test_deterministic_per_seed(tmp_path):
 def test_refuses_non_empty_output(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
-    with pytest.raises(SegclsError, match="not an empty folder"):
+    with pytest.raises(SegclsError, match="exists: --overwrite replaces it"):
         make_dataset(tmp_path / "x", images=1, size=64, labeled=0, progress=False)
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    make_dataset(tmp_path / "x", images=1, size=64, labeled=0, progress=False, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["dataset.json", "images", "labeled", "masks"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     # An empty folder is fine.
     (tmp_path / "y").mkdir()
     make_dataset(tmp_path / "y", images=1, size=64, labeled=0, progress=False)

@@ -73,9 +73,13 @@ def test_cli_backend_tensorrt_on_onnx(trt, tmp_path):
 
 
 def test_precision_flag_is_refused_for_tensorrt(trt, tmp_path):
+    """TensorRT runs a model in the precision it was exported with (this one FP16): another is refused."""
     args = [str(tmp_path / "s.png"), "-o", str(tmp_path / "o.tif"), "--model", str(_onnx(tmp_path / "m.onnx")),
-            "--backend", "tensorrt", "--precision", "fp16"]  # fmt: skip
+            "--backend", "tensorrt", "--precision", "fp32"]  # fmt: skip
     (tmp_path / "s.png").write_bytes(b"")
     result = CliRunner().invoke(cli.main, args)
-    assert result.exit_code != 0 and "Error: --precision is for the torch backend" in result.output
+    assert (
+        result.exit_code != 0
+        and "Error: tensorrt runs m.onnx in the precision it was exported with (fp16)" in result.output
+    )
     assert trt.built == []  # refused before an engine build, not after it

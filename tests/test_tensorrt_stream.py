@@ -3,6 +3,8 @@ the calls it makes is checked, so the overlap is a tested fact, not a claim."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from test_export_tensorrt import _onnx
@@ -104,6 +106,33 @@ def test_consumer_that_stops_early_leaves_nothing_queued(engine):
     assert all(not queue for queue in cudart.streams.values())
     backend.close()
     assert cudart.memory == cudart.host == cudart.streams == cudart.events == {}
+
+
+def test_close_waits_for_queued_work_before_releasing_the_context(engine):
+    """A consumer that leaves the stream unfinished (an error, a `with` block left) and closes the backend:
+    the engine run still queued must end before its context is released (`enqueueV3`: undefined
+    behaviour otherwise), and only then is the memory freed."""
+    path, cudart = engine
+    trt = sys.modules["tensorrt"]
+    backend = TensorRTBackend(path)
+    backend.load()
+    stream = backend.infer_stream(iter(_batches([2, 2, 2])))
+    next(stream)  # batch 1 is queued, not run: the double runs work only when the host waits
+    assert any(label == "exec" for queue in cudart.streams.values() for label, _ in queue)
+    backend.close()
+    assert trt.released_in_flight == []
+    assert cudart.memory == cudart.host == cudart.streams == {}
+    stream.close()
+
+
+def test_the_host_sleeps_in_its_waits(engine):
+    """Every event is created with cudaEventBlockingSync (and without timing): a spinning
+    cudaEventSynchronize would take a core from the slide readers for the whole run."""
+    path, cudart = engine
+    with TensorRTBackend(path) as backend:
+        backend.infer(_batches([2])[0])
+        flags = list(cudart.event_flags.values())
+    assert flags and all(f == cudart.cudaEventBlockingSync | cudart.cudaEventDisableTiming for f in flags)
 
 
 def test_reload_after_close(engine):

@@ -6,6 +6,8 @@ blue exists only as labeled/ images (image-level labels). So blue can be learnt 
 alone: a run that drops it cannot tell blue tiles from the others.
 """
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -14,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from _data_helpers import write_dataset
 from _train_helpers import COLOURS
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from segcls.core.metrics import IGNORE_INDEX
+from segcls.core.constants import UNLABELLED
 from segcls.data.augment import normalize
 from segcls.data.tiles import SEG
 from segcls.train import TrainConfig, Trainer, class_weights
@@ -110,8 +113,8 @@ def test_joint_mode_targets(dataset, tmp_path):
     out, y = _outputs(trainer, seg_idx, cls_idx, seed=3)
     y[len(seg_idx) :] = labels[:, None, None]
     seg_masks = y[: len(seg_idx)]
-    majority = torch.tensor([np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=3).argmax() for m in seg_masks])
-    want_seg = F.cross_entropy(out.logits, y, trainer.seg_weights, ignore_index=IGNORE_INDEX)
+    majority = torch.tensor([np.bincount(m[m != UNLABELLED].ravel(), minlength=3).argmax() for m in seg_masks])
+    want_seg = F.cross_entropy(out.logits, y, trainer.seg_weights, ignore_index=UNLABELLED)
     want_cls = F.cross_entropy(out.class_scores, torch.cat([majority, labels]), trainer.cls_weights)
     assert seg_loss.item() == pytest.approx(want_seg.item(), rel=1e-5)
     assert cls_loss.item() == pytest.approx(want_cls.item(), rel=1e-5)
@@ -128,7 +131,7 @@ def test_two_step_losses(dataset, tmp_path):
         total, seg_loss, cls_loss = trainer._losses(seg_idx, cls_idx, gen)
         gen = torch.Generator().manual_seed(5)  # replay: the SEG batch, then the CLS batch, from one generator
         x, y = trainer._batch(seg_idx, gen)
-        want_seg = F.cross_entropy(trainer.model(x).logits, y, trainer.seg_weights, ignore_index=IGNORE_INDEX)
+        want_seg = F.cross_entropy(trainer.model(x).logits, y, trainer.seg_weights, ignore_index=UNLABELLED)
         x, _ = trainer._batch(cls_idx, gen)
         labels = torch.from_numpy(np.asarray(trainer.tiles.labels[cls_idx], np.int64))
         want_cls = F.cross_entropy(trainer.model(x, full_res=False).class_scores, labels, trainer.cls_weights)
@@ -140,7 +143,7 @@ def test_two_step_losses(dataset, tmp_path):
 
 def _selected_counts(trainer):
     seg_masks = np.asarray(trainer.tiles.masks[trainer.selection.seg])
-    pixels = np.bincount(seg_masks[seg_masks != IGNORE_INDEX], minlength=3)
+    pixels = np.bincount(seg_masks[seg_masks != UNLABELLED], minlength=3)
     labels = np.bincount(np.asarray(trainer.tiles.labels[trainer.selection.cls]), minlength=3)
     return pixels, labels
 
@@ -203,3 +206,38 @@ def test_epoch_stats_count_tiles_and_time(dataset, tmp_path):
     assert 0.8 * wall <= stats["seconds"] <= wall  # the epoch is all that ran
     assert stats["tiles_per_s"] * stats["seconds"] == pytest.approx(2 * (2 + 2))  # 2 steps of 2 SEG + 2 CLS tiles
     assert stats["loss"] == pytest.approx(stats["seg_loss"] + stats["cls_loss"], rel=1e-5)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the tensor -> Python number reads (`.item()`, `float(t)`: aten::_local_scalar_dense, a host
+    sync on CUDA) made by segcls/train.py's own lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            frame = sys._getframe(1)  # up through torch's private dispatch machinery to the line that asked
+            while frame and f"{os.sep}torch{os.sep}_" in frame.f_code.co_filename:
+                frame = frame.f_back
+            self.count += bool(frame and frame.f_code.co_filename.endswith(os.path.join("segcls", "train.py")))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_syncs_with_the_device_only_to_log(dataset, tmp_path):
+    """Losses are summed where they are made and read back once per LOG_EVERY steps (progress bar) and
+    per epoch: each read of a device tensor is a host sync on CUDA (the optimizer's and the augmentation's
+    reads are of CPU tensors). The steps run with cuDNN autotuning on (one tile size), restored after."""
+    trainer = _trainer(dataset, tmp_path, setting="S+C*", mode="two-step", steps_per_epoch=2, batch_size=2)
+    trainer.log_every = 1  # the default, LOG_EVERY, is 10
+    seen = []
+    trainer.model.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    before = torch.backends.cudnn.benchmark
+    for progress, syncs in ((False, 0), (True, 2)):
+        trainer.progress = progress
+        with _HostReads() as reads:
+            stats = trainer.train_epoch()
+        assert reads.count == syncs, f"{reads.count} host syncs in 2 steps (progress {progress})"
+        assert stats["loss"] == pytest.approx(stats["seg_loss"] + stats["cls_loss"], rel=1e-5)
+    assert seen and all(seen) and torch.backends.cudnn.benchmark == before

@@ -28,6 +28,8 @@ class Backend(ABC):
 
     def __init__(self) -> None:
         self.description: ModelDescription | None = None
+        self.precision: str | None = None  # what the network computes in, once loaded: fp32|fp16|bf16|int8
+        self.choice: dict | None = None  # how `--backend auto` chose this backend (`choice.BackendChoice`)
 
     @abstractmethod
     def load(self) -> None:
@@ -55,6 +57,19 @@ class Backend(ABC):
     def device(self) -> str:
         """Where it really runs, e.g. 'CPUExecutionProvider' or 'cuda:0 (NVIDIA H100)'."""
         return "cpu"
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the network runs on the host's cores, which the slide readers then share with it
+        (`cores.reader_budget`)."""
+        return True
+
+    @property
+    def fixed_tile(self) -> bool:
+        """Whether every input should be a whole tile of one shape: an engine's profile, kernels autotuned
+        per shape, full batches. A backend that runs a smaller input in proportionally less time (a CPU)
+        gets tiles trimmed to their tissue instead (`plan.trim_tiles`)."""
+        return not self.on_cpu
 
     def __enter__(self) -> Backend:
         if self.description is None:  # `with open_backend(...)` gets a backend that is loaded already

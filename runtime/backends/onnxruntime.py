@@ -7,14 +7,16 @@ provider asked for by name and not running is refused; in "auto" the fallback is
 
 On a GPU provider the batch goes in through IO binding and the outputs stay on the device: labels and
 class scores are copied back every batch, probs only when read (`LazyArray`). The TensorRT provider
-builds FP16 engines and keeps them, and its timing cache, in `~/.cache/segcls/ort-tensorrt/`.
+builds FP16 engines and keeps them, and its timing cache, in `~/.cache/segcls/ort-tensorrt/`. Both search
+per input shape (cuDNN's EXHAUSTIVE algorithm search, an engine build), so on a GPU provider a batch
+smaller than the largest so far (the last of a slide) is padded up to it: one input shape per run.
 
 On the CPU provider `sessions=N` opens N sessions of threads / N threads each and runs different tiles
 on them side by side. One session's threads meet at a barrier after every operator, so a reader or the
 mask writer that takes one core for a moment stalls all of them; N sessions stall only that one. On
 2 cores beside the slide pipeline's readers and mask writer, 2 sessions of 1 thread ran a dense slide
 1.06x (FP32) and 1.21x (INT8) faster than 1 session of 2 threads, in less memory (one tile per run:
-453 MB against 659 MB peak RSS) (bench/results/cpu-2core-slide-dense-*-v3.md).
+453 MB against 659 MB peak RSS) (bench/results/cpu-2core-avx512-slide-dense-*.md).
 """
 
 from __future__ import annotations
@@ -79,10 +81,12 @@ class OnnxRuntimeBackend(Backend):
         device_id: int = 0,
         io_binding: bool | None = None,
         sessions: int = 1,
+        pad: bool | None = None,
     ) -> None:
         """`io_binding`: None = on a GPU provider only (where it saves copies); True also on the CPU.
         `sessions`: on the CPU provider, that many sessions sharing `threads` run tiles side by side (a
-        GPU provider, or IO binding, gets one)."""
+        GPU provider, or IO binding, gets one). `pad`: None = on a GPU provider only: a batch smaller than
+        the largest so far of its tile size runs padded up to it (`shapes_run` lists what ran)."""
         super().__init__()
         if sessions < 1:
             raise SegclsError(f"ONNX Runtime sessions must be >= 1, got {sessions}")
@@ -94,6 +98,10 @@ class OnnxRuntimeBackend(Backend):
         self.io_binding = io_binding
         self._output_device: str | None = None  # where IO binding leaves the outputs; None = no binding
         self.threads = threads
+        self.pad = pad
+        self._pad = False  # decided by load(): pad on a GPU provider
+        self._largest: tuple[int, ...] | None = None  # the largest batch shape run so far (when padding)
+        self.shapes_run: set[tuple[int, ...]] = set()  # input shapes the session ran
         self.session = None  # the first session; GPU providers and single calls of one tile run on it
         self._pool: ThreadPoolExecutor | None = None  # one thread per session, when there are several
         self._idle: queue.SimpleQueue = queue.SimpleQueue()  # sessions not running a tile
@@ -108,7 +116,7 @@ class OnnxRuntimeBackend(Backend):
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {', '.join(missing)} (it has {', '.join(available)}): "
-                "pip install 'segcls[gpu-cu12]' (see the README's GPU section)"
+                "pip install 'segcls[gpu-cu12]' (see docs/gpu.md)"
             )
         providers = [(p, provider_options(p, self.device_id)) for p in names]
         for _, opts in providers:  # the TensorRT EP writes its engine and timing caches there
@@ -126,6 +134,7 @@ class OnnxRuntimeBackend(Backend):
                 f"outputs {', '.join(OUTPUT_NAMES)}, found inputs {inputs} and outputs {sorted(outputs)}"
             )
         on_gpu = self.session.get_providers()[0] in GPU_PROVIDERS
+        self._pad = on_gpu if self.pad is None else self.pad
         if self.io_binding is not False and (on_gpu or self.io_binding):
             self._output_device = "cuda" if on_gpu else "cpu"
         if several and not on_gpu:
@@ -134,6 +143,7 @@ class OnnxRuntimeBackend(Backend):
             for _ in range(self.sessions - 1):
                 self._idle.put(self._open_session(ort, providers, names, threads))
             self._pool = ThreadPoolExecutor(self.sessions, thread_name_prefix="segcls-ort")
+        self.precision = self.info.precision
         self.description = self.info.description
 
     def _open_session(self, ort, providers: list, names: list[str], threads: int | None):
@@ -162,18 +172,32 @@ class OnnxRuntimeBackend(Backend):
             self.session = None
             raise BackendUnavailableError(
                 f"ONNX Runtime lists {wanted} but could not start it (CUDA/cuDNN/TensorRT libraries missing or "
-                f"not matching; the session would run on {running[0]}); see the README's GPU section"
+                f"not matching; the session would run on {running[0]}); see docs/gpu.md"
             )
         self.fallback = wanted
         warnings.warn(f"ONNX Runtime could not start {wanted}; running on {running[0]}", RuntimeWarning, stacklevel=3)
 
     def infer(self, batch: np.ndarray) -> BackendOutput:
         feed = np.ascontiguousarray(batch, dtype=np.uint8)
+        if self._pool is not None and len(feed) > 1 and self._output_device is None:
+            return _gathered(self._submit(feed))
+        n, feed = len(feed), self._padded(feed)
+        self.shapes_run.add(feed.shape)
         if self._output_device is not None:
-            return self._infer_bound(feed)
-        if self._pool is None or len(feed) == 1:
-            return BackendOutput(*self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: feed}))
-        return _gathered(self._submit(feed))
+            return self._infer_bound(feed, n)
+        return BackendOutput(*(out[:n] for out in self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: feed})))
+
+    def _padded(self, batch: np.ndarray) -> np.ndarray:
+        """`batch`, or with blank tiles after it up to the largest batch so far of its tile size (padding)."""
+        if not self._pad:
+            return batch
+        largest = self._largest
+        if largest is None or largest[1:] != batch.shape[1:] or largest[0] < len(batch):
+            self._largest = batch.shape
+            return batch
+        if len(batch) == largest[0]:
+            return batch
+        return np.concatenate([batch, np.zeros((largest[0] - len(batch), *batch.shape[1:]), np.uint8)])
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[BackendOutput]:
         """With several sessions: every tile is a task for the next idle session, and up to sessions + 1
@@ -202,26 +226,33 @@ class OnnxRuntimeBackend(Backend):
 
     def _run_on_idle(self, tile: np.ndarray) -> list[np.ndarray]:
         session = self._idle.get()  # the pool has a thread per session: one is always idle here
+        self.shapes_run.add(tile.shape)
         try:
             return session.run(list(OUTPUT_NAMES), {INPUT_NAME: tile})
         finally:
             self._idle.put(session)
 
-    def _infer_bound(self, batch: np.ndarray) -> BackendOutput:
-        """IO binding: the input copied in by ORT, the outputs allocated on the device and left there."""
+    def _infer_bound(self, batch: np.ndarray, n: int) -> BackendOutput:
+        """IO binding: the input copied in by ORT, the outputs allocated on the device and left there; the
+        first `n` tiles' outputs are returned (the others are padding)."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_NAME, batch)
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self._output_device, self.device_id)
         self.session.run_with_iobinding(binding)
         labels, probs, scores = binding.get_outputs()  # OrtValues, in the order bound
-        return BackendOutput(labels.numpy(), LazyArray(probs.numpy, tuple(probs.shape())), scores.numpy())
+        lazy_probs = LazyArray(lambda: probs.numpy()[:n], (n, *probs.shape()[1:]))
+        return BackendOutput(labels.numpy()[:n], lazy_probs, scores.numpy()[:n])
 
     @property
     def device(self) -> str:
         if self.session is None:
             return "not loaded"
         return self.session.get_providers()[0]
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.session is None or self.session.get_providers()[0] == "CPUExecutionProvider"
 
     def close(self) -> None:
         if self._pool is not None:

@@ -92,7 +92,7 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self.info, self.description = info, info.description
+        self.info, self.description, self.precision = info, info.description, info.precision
 
     def _load_engine(self, trt, info: ModelInfo) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -192,12 +192,18 @@ class TensorRTBackend(Backend):
         return BackendOutput(*(slot.host[name][: slot.size] for name in OUTPUT_NAMES))
 
     def close(self) -> None:
+        if self._cuda is not None:  # a run still queued must end before its context is released
+            self._cuda.drain()
         self._context = self._engine = self._runtime = None  # TensorRT objects go before their memory
         if self._cuda is not None:
             self._cuda.close()
             self._cuda = None
         self._slots, self._streams = [], ()
         self.info = self.description = None  # closed = not loaded: entering a `with` block loads it again
+
+    @property
+    def on_cpu(self) -> bool:
+        return False
 
     @property
     def device(self) -> str:

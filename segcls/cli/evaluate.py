@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from segcls.core.cli import handle_errors, require_extra
+from segcls.core.cli import (
+    check_overwrite,
+    command,
+    input_path,
+    output_option,
+    overwrite_option,
+    quiet_option,
+    require_extra,
+)
 
 
-@click.command(context_settings={"show_default": True})
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("dataset", type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the scores as JSON.")
-@handle_errors
-def main(checkpoint: str, dataset: str, split: str, output: str | None) -> None:
+@command("segcls-eval")
+@click.argument("checkpoint", type=input_path(dir_okay=False))
+@click.argument("dataset", type=input_path(file_okay=False))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", help="The split scored.")
+@output_option("Also write the scores as JSON here [default: print only].", dir_okay=False)
+@overwrite_option("a JSON file")
+@quiet_option
+def main(checkpoint: Path, dataset: Path, split: str, output: Path | None, overwrite: bool, quiet: bool) -> None:
     """Score CHECKPOINT on DATASET's SPLIT: a per-class table, and JSON with -o."""
+    from segcls.core.atomic import atomic_path, check_writable
+
+    if output:
+        check_overwrite(output, overwrite=overwrite)
+        check_writable(output)
     require_extra("train", "torch")
-    from segcls.core.atomic import atomic_path
     from segcls.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, dataset, split)
+    result = evaluate_checkpoint(checkpoint, dataset, split, progress=not quiet)
     width = max(len(n) for n in result["per_class_f1"])
     click.echo(f"{'class':<{width}}  F1")
     for name, f1 in result["per_class_f1"].items():

@@ -40,7 +40,8 @@ class CudaDevice:
 
     cuda-python returns `(error, *values)` from every call; `_call` turns errors into exceptions. Host
     buffers come from `cudaHostAlloc` (page-locked): `cudaMemcpyAsync` from pageable memory is staged by
-    the driver and does not overlap with compute.
+    the driver and does not overlap with compute. Events are made with `cudaEventBlockingSync`: the host
+    thread sleeps in `synchronize` instead of spinning on a core the slide readers need.
     """
 
     def __init__(self, index: int = 0) -> None:
@@ -85,7 +86,9 @@ class CudaDevice:
         return self._streams[-1]
 
     def event(self):
-        self._events.append(self._call("cudaEventCreate"))
+        """An event whose host waits block (sleep) rather than spin; no timing (cheaper to record)."""
+        flags = self.cudart.cudaEventBlockingSync | self.cudart.cudaEventDisableTiming
+        self._events.append(self._call("cudaEventCreateWithFlags", flags))
         return self._events[-1]
 
     def to_device(self, ptr: int, array: np.ndarray, stream) -> None:
@@ -106,9 +109,13 @@ class CudaDevice:
     def synchronize(self, event) -> None:
         self._call("cudaEventSynchronize", event)
 
-    def close(self) -> None:
-        for stream in self._streams:  # nothing may still be copying into memory about to be freed
+    def drain(self) -> None:
+        """Wait until every stream of this device is idle: no copy or engine run is left in flight."""
+        for stream in self._streams:
             self.cudart.cudaStreamSynchronize(stream)
+
+    def close(self) -> None:
+        self.drain()  # nothing may still be copying into memory about to be freed
         for event in self._events:
             self.cudart.cudaEventDestroy(event)
         for stream in self._streams:

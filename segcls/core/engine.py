@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segcls.core.atomic import atomic_path
+from segcls.core.constants import check_multiple
 from segcls.core.cuda import CudaDevice, import_tensorrt
 from segcls.core.errors import ExportError, SegclsError
 from segcls.core.hashing import file_sha256
@@ -102,8 +103,7 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if max_batch < 1:
         raise SegclsError(f"--max-batch must be >= 1, got {max_batch}")
-    if tile < 16 or tile % 16:
-        raise SegclsError(f"--tile must be a positive multiple of 16, got {tile}")
+    check_multiple("--tile", tile)
     read_model_info(onnx_path)  # refuses a file that is not a segcls ONNX model
     trt, capability, device_name = _tensorrt_and_gpu(device)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(trt.__version__, capability, device_name)

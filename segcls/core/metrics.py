@@ -1,7 +1,7 @@
 """Pixel metrics as in the paper, numpy only (the runtime scores masks with it too).
 
 Pixel F1 per class from a confusion matrix; macro = mean over classes; micro = pooled over pixels
-(equal to pixel accuracy when each pixel has one label). Label 255 marks unlabelled pixels: ignored.
+(equal to pixel accuracy when each pixel has one label). Label 255 (UNLABELLED) marks unlabelled pixels: ignored.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from segcls.core.constants import UNLABELLED
 
 
 class ConfusionMatrix:
@@ -25,10 +25,10 @@ class ConfusionMatrix:
         prediction = np.asarray(prediction).ravel()
         if target.shape != prediction.shape:
             raise ValueError(f"target has {target.size} pixels, prediction {prediction.size}")
-        keep = (target != IGNORE_INDEX) & (prediction != IGNORE_INDEX)
+        keep = (target != UNLABELLED) & (prediction != UNLABELLED)
         t, p = target[keep].astype(np.int64), prediction[keep].astype(np.int64)
         if t.size and (t.max() >= self.num_classes or p.max() >= self.num_classes):
-            raise ValueError(f"labels must be < {self.num_classes} (or {IGNORE_INDEX} for unlabelled)")
+            raise ValueError(f"labels must be < {self.num_classes} (or {UNLABELLED} for unlabelled)")
         self.matrix += np.bincount(t * self.num_classes + p, minlength=self.num_classes**2).reshape(
             self.num_classes, self.num_classes
         )
@@ -84,7 +84,7 @@ def bach_score(target: np.ndarray, prediction: np.ndarray) -> float:
     """
     g = np.asarray(target).astype(np.int64).ravel()
     p = np.asarray(prediction).astype(np.int64).ravel()
-    keep = (g != IGNORE_INDEX) & (p != IGNORE_INDEX)
+    keep = (g != UNLABELLED) & (p != UNLABELLED)
     g, p = g[keep], p[keep]
     either_positive = 1 - (1 - (p > 0)) * (1 - (g > 0))
     denominator = (np.maximum(np.abs(g - 0), np.abs(g - 3)) * either_positive).sum()

@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from segcls.core.atomic import atomic_path
+from segcls.core.constants import check_multiple
 
 # read_tile(level, x, y, width, height) -> (height, width[, samples]) array in that level's pixel frame,
 # or the bytes of the whole (tile, tile) tile, padding included, compressed as `write_pyramid` was told.
@@ -98,8 +99,7 @@ def write_pyramid(
     Within one level the callback returns either arrays or compressed bytes (`tile_encoder`), not both:
     tifffile decides from a level's first tile.
     """
-    if tile % 16:
-        raise ValueError(f"TIFF tile size must be a multiple of 16, got {tile}")
+    check_multiple("TIFF tile size", tile)
     sizes = pyramid_sizes(*size, tile)
     photometric = "palette" if colormap is not None else ("rgb" if samples == 3 else "minisblack")
     # metadata=None: tifffile's own shape JSON would be a second ImageDescription tag, the one libtiff

@@ -23,7 +23,9 @@
   levels: hed 0.05: 4.5 (10), 0.1: 8.6 (20), 0.2: 16 (38); one draw of the colour jitter above: 25 (60).
 - Normalisation: `(rgb / 255 - mean) / std` (`segcls.core.description`).
 All randomness comes from the `generator` passed in, so a seeded generator gives the same batch (and
-hed = 0 draws nothing: the batches of a run without it are those of earlier versions).
+hed = 0 draws nothing: the batches of a run without it are those of earlier versions). A torchrun rank
+augments only its share of a global batch (`share`, `batch_size`): it takes the whole batch's random draws
+and keeps its rows', so its tiles come out as they would from augmenting the whole batch.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def augment_batch(
     mean: Sequence[float],
     std: Sequence[float],
     *,
+    share: slice | None = None,
+    batch_size: int | None = None,
     geometry: bool = True,
     brightness: float = 0.25,
     contrast: float = 0.75,
@@ -70,17 +74,24 @@ def augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (B, T, T, 3) tiles + uint8 (B, T, T) masks -> normalised float32 (B, 3, T, T), int64 (B, T, T).
 
-    `hed` is the HED jitter's strength (module docstring; 0 = off, 0.05 = Tellez et al.'s HED-light)."""
+    `hed` is the HED jitter's strength (module docstring; 0 = off, 0.05 = Tellez et al.'s HED-light). With
+    `share`, the tiles are the rows `share` of a batch of `batch_size` (draws for all, rows for these)."""
     if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
         raise ValueError(f"expected images (B, T, T, 3) and masks (B, T, T), got {images.shape} and {masks.shape}")
     if images.shape[1] != images.shape[2]:
         raise ValueError(f"tiles must be square for 90-degree rotations, got {images.shape[1]}x{images.shape[2]}")
+    n, rows = len(images), slice(None)
+    if share is not None:
+        n, rows = batch_size, share
+        if batch_size is None or len(range(batch_size)[share]) != len(images):
+            raise ValueError(f"{len(images)} tiles are not the rows {share} of a batch of {batch_size}")
     if geometry:
-        images, masks = _dihedral(images, masks, _randint(8, len(images), generator, images.device))
+        images, masks = _dihedral(images, masks, _randint(8, n, generator, images.device)[rows])
     x = _to_nchw(images)
     if hed > 0:
-        x = hed_jitter(x, generator, hed)
-    x = _jitter(x, generator, brightness, contrast, saturation, hue)
+        x = _hed_mix(x, *(f[rows] for f in _hed_factors(n, generator, images.device, hed)))
+    factors = [f[rows] for f in _jitter_factors(n, generator, images.device, brightness, contrast, saturation, hue)]
+    x = _jitter(x, *factors)
     return _standardize(x, mean, std), masks.to(torch.int64)
 
 
@@ -125,9 +136,21 @@ def _dihedral(images: torch.Tensor, masks: torch.Tensor, codes: torch.Tensor) ->
 
 def hed_jitter(x: torch.Tensor, generator: torch.Generator | None, strength: float) -> torch.Tensor:
     """HED jitter of float (B, 3, H, W) with values 0..255 -> the same range (see the module docstring)."""
-    n, device = len(x), x.device
+    return _hed_mix(x, *_hed_factors(len(x), generator, x.device, strength))
+
+
+def _hed_factors(
+    n: int, generator: torch.Generator | None, device, strength: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-stain scale (alpha) and shift (beta) draws of `n` tiles, (n, 3) each (float64)."""
     alpha = _uniform(3 * n, 1 - strength, 1 + strength, generator, device).view(n, 3)
     beta = _uniform(3 * n, -strength, strength, generator, device).view(n, 3)
+    return alpha, beta
+
+
+def _hed_mix(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Unmix each tile into stain concentrations, scale + shift them, mix back: one 3x3 matrix + offset."""
+    n, device = len(x), x.device
     mix = torch.tensor(RGB_FROM_HED, dtype=torch.float64, device=device)  # concentrations (row) @ mix = OD
     # Row vectors: od' = (od @ mix^-1 * alpha + beta) @ mix = od @ (mix^-1 diag(alpha) mix) + beta @ mix.
     matrix = (torch.linalg.inv(mix) @ (alpha[:, :, None] * mix)).transpose(1, 2).to(x.dtype)
@@ -137,21 +160,21 @@ def hed_jitter(x: torch.Tensor, generator: torch.Generator | None, strength: flo
     return od.neg_().exp_().mul_(255).clamp_(0, 255).view_as(x)
 
 
-def _jitter(
-    x: torch.Tensor,
-    generator: torch.Generator | None,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-) -> torch.Tensor:
-    """Colour jitter of float (B, 3, H, W) with values 0..255 -> [0, 1], one affine map per tile (see the
-    module docstring)."""
-    n, device = len(x), x.device
+def _jitter_factors(
+    n: int, generator: torch.Generator | None, device, brightness: float, contrast: float, saturation: float, hue: float
+) -> tuple[torch.Tensor, ...]:
+    """The brightness, contrast, saturation and hue draws of `n` tiles (float64), in that order."""
     b = _uniform(n, max(0.0, 1 - brightness), 1 + brightness, generator, device)
     c = _uniform(n, max(0.0, 1 - contrast), 1 + contrast, generator, device)
     s = _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, device)
     h = _uniform(n, -hue, hue, generator, device)
+    return b, c, s, h
+
+
+def _jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Colour jitter of float (B, 3, H, W) with values 0..255 -> [0, 1], one affine map per tile from its
+    factors (see the module docstring)."""
+    n, device = len(x), x.device
     yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64, device=device)
     luma = yiq[0]
     # Saturation: s * p + (1 - s) * luma(p), i.e. s * I + (1 - s) * 1 luma^T.

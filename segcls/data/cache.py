@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from segcls.core.constants import UNLABELLED
 from segcls.core.errors import DatasetError
 from segcls.data.folder import (
     SPLITS,
-    UNLABELLED,
     DatasetFolder,
     check_same_size,
     image_size,

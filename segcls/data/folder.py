@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segcls.core.constants import IMAGE_SUFFIXES, UNLABELLED
 from segcls.core.description import default_colors
 from segcls.core.errors import DatasetError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
-UNLABELLED = 255
 _SUFFIX_TEXT = ", ".join(IMAGE_SUFFIXES)
 
 

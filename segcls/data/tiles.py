@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segcls.data.folder import UNLABELLED
+from segcls.core.constants import UNLABELLED
 
 SEG = 0
 CLS = 1

@@ -43,8 +43,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from segcls.core.constants import UNLABELLED
 from segcls.core.errors import DatasetError
-from segcls.data.folder import UNLABELLED, image_size
+from segcls.data.folder import image_size
 from segcls.prepare.common import (
     Summary,
     dataset_writer,

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segcls.core.atomic import atomic_folder
+from segcls.core.constants import IMAGE_SUFFIXES
 from segcls.core.description import default_colors
 from segcls.core.errors import DatasetError
-from segcls.data.folder import IMAGE_SUFFIXES
 
 
 def norm(name: str) -> str:
@@ -181,24 +179,7 @@ class DatasetWriter:
 
 @contextlib.contextmanager
 def dataset_writer(out: str | Path, overwrite: bool = False) -> Iterator[DatasetWriter]:
-    """Yield a writer on a temporary folder beside `out`; rename it onto `out` only if the block
-    succeeds, so a crash or Ctrl-C never leaves a half-written dataset at `out`."""
-    out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f"output {out} already exists (choose another path or pass --overwrite)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise DatasetError(f"output folder does not exist: {parent}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    try:
+    """Yield a writer on a temporary folder beside `out`; it takes the place of `out` only if the block
+    succeeds, so a crash or Ctrl-C never leaves a half-written dataset at `out` (segcls.core.atomic)."""
+    with atomic_folder(out, overwrite) as tmp:
         yield DatasetWriter(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from segcls.core.constants import UNLABELLED
 from segcls.core.errors import DatasetError
-from segcls.data.folder import UNLABELLED, default_split, image_size
+from segcls.data.folder import default_split, image_size
 from segcls.prepare.common import (
     Summary,
     dataset_writer,

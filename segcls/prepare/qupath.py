@@ -15,7 +15,7 @@ What QuPath writes, read from its source (qupath-core `qupath.lib.io`: `PathIO.r
 - Geometry: Polygon (shell + holes, any ring orientation), MultiPolygon, GeometryCollection, and the
   non-area types LineString / MultiLineString / Point / MultiPoint.
 
-What is imported, and how (the conventions are the README's QuPath section):
+What is imported, and how (the conventions are in docs/tutorials/qupath.md):
 
 - Annotations with an area only; detections, cells, tiles, TMA cores, points and lines are skipped and
   counted; unclassified annotations are counted and left out.
@@ -55,15 +55,15 @@ from pathlib import Path
 
 import numpy as np
 
+from segcls.core.constants import SLIDE_SUFFIXES, UNLABELLED
 from segcls.core.description import default_colors
 from segcls.core.errors import DatasetError
-from segcls.data.folder import UNLABELLED, default_split
+from segcls.data.folder import default_split
 from segcls.prepare.common import Summary, dataset_writer, norm
 
 LABEL_NAME = "label"  # annotation name that marks an image-level label region
 REGION_CLASS = "region*"  # compared case-insensitively
 ANNOTATION_SUFFIXES = (".geojson.gz", ".json.gz", ".geojson", ".json", ".zip")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".dcm", ".png", ".jpg", ".jpeg")
 OUTSIDE_TOLERANCE = 1.0  # level-0 px an annotation may overshoot the slide border (float rounding)
 AREA_TYPES = ("Polygon", "MultiPolygon")
 SKIPPED_GEOMETRY = {

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from segcls.core.constants import UNLABELLED
 from segcls.synth.noise import cells, fbm, hash01, key, value_noise
 
 CLASSES = ("stroma", "benign", "tumor", "necrosis")
 COLORS = ((235, 120, 185), (60, 170, 90), (205, 40, 45), (235, 200, 60))
-BACKGROUND = 255
+BACKGROUND = UNLABELLED  # no tissue: glass is unlabelled
 
 REGION_SCALE = 500.0  # microns: lattice of the class fields, about the size of one tissue region
 MOD_SCALE = 700.0  # microns: lattice of the fields that vary a class's look between regions

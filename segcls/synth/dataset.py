@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -18,6 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from segcls.core.atomic import atomic_folder
+from segcls.core.constants import check_multiple
 from segcls.core.errors import SegclsError
 from segcls.data.tiles import CLS, SEG, grid_kinds
 from segcls.synth.appearance import BACKGROUND, CLASSES, COLORS, STAINS, label_region, render_region
@@ -40,8 +40,7 @@ def _check(images: int, size: int, mpp: float, labeled: int, labeled_size: int, 
     if labeled < 0:
         raise SegclsError(f"--labeled must be >= 0, got {labeled}")
     for name, value in (("--size", size), ("--labeled-size", labeled_size)):
-        if value < 16 or value % 16:
-            raise SegclsError(f"{name} must be a multiple of 16 and >= 16, got {value}")
+        check_multiple(name, value)
     if not mpp > 0:
         raise SegclsError(f"--mpp must be > 0, got {mpp}")
 
@@ -81,8 +80,10 @@ def make_dataset(
     stain: str = "standard",
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a dataset folder at `out` (which must not exist, or be empty) and return its path.
+    """Write a dataset folder at `out` (which must not exist, or be empty, or with `overwrite` is replaced)
+    and return its path.
 
     `images` masked images of `size` px and `labeled` single-class images of `labeled_size` px per class,
     all at `mpp` microns per pixel. With `holdout`, a split.json puts that many images in val and in test
@@ -93,16 +94,6 @@ def make_dataset(
     if stain not in STAINS:
         raise SegclsError(f"--stain must be one of {', '.join(STAINS)}, got {stain!r}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SegclsError(f"output exists and is not an empty folder: {out}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise SegclsError(f"output folder's parent does not exist: {parent}")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as e:
-        raise SegclsError(f"cannot write to {parent}: {e.strerror}") from None
-
     rng = np.random.default_rng(seed)
     masked = [(f"img_{i:03d}", int(rng.integers(2**31)), rng.integers(0, _SPAN, size=(20, 2))) for i in range(images)]
     single = [
@@ -110,7 +101,7 @@ def make_dataset(
         for k in range(len(CLASSES))
         for j in range(labeled)
     ]
-    try:
+    with atomic_folder(out, overwrite) as tmp:
         for sub in ["images", "masks", *(f"labeled/{c}" for c in CLASSES)]:
             (tmp / sub).mkdir(parents=True)
         workers = workers or min(len(os.sched_getaffinity(0)), 8)
@@ -124,15 +115,6 @@ def make_dataset(
         if holdout is not None:
             split = holdout_split([name for name, _, _ in masked], holdout, seed)
             (tmp / "split.json").write_text(json.dumps(split, indent=1) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a finished dataset gets the usual mode
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

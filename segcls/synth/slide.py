@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from segcls.core.atomic import check_overwrite
+from segcls.core.constants import check_multiple
 from segcls.core.errors import SegclsError
 from segcls.core.tiff import palette_colormap, pyramid_sizes, write_pyramid
 from segcls.synth.appearance import BACKGROUND, CLASSES, COLORS, label_region, render_region
@@ -73,23 +75,25 @@ def make_slide(
     *,
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> None:
     """Write a synthetic slide (and, with `mask_path`, its ground truth) of `width` x `height` px at `mpp`.
 
     The slide is a tiled JPEG RGB BigTIFF pyramid that OpenSlide opens; the mask is a palette pyramid of
     class indices (255 = no tissue) of the same size, with the class names and colours as JSON in its
-    ImageDescription. Both files appear complete or not at all.
+    ImageDescription. Both files appear complete or not at all; existing ones are replaced only with
+    `overwrite`.
     """
     if width < 1 or height < 1:
         raise SegclsError(f"slide size must be positive, got {width} x {height}")
-    if tile < 16 or tile % 16:
-        raise SegclsError(f"--tile must be a multiple of 16, got {tile}")
+    check_multiple("--tile", tile)
     if not mpp > 0:
         raise SegclsError(f"--mpp must be > 0, got {mpp}")
     path = Path(path)
     outputs = [path] if mask_path is None else [path, Path(mask_path)]
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise SegclsError(f"mask and slide are the same file: {path}")
+    check_overwrite(*outputs, overwrite=overwrite)
     for out in outputs:
         if not out.absolute().parent.is_dir():
             raise SegclsError(f"output folder does not exist: {out.absolute().parent}")

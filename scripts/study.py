@@ -141,7 +141,9 @@ def plan(study: str, data: Path, out: Path, stages: list[str] | None, factor_s: 
 
 
 # -- running ----------------------------------------------------------------------------------------------
-def is_done(run: Run) -> bool:
+def is_done(run: Run, strict: bool = True) -> bool:
+    """Trained to its epochs and scored. A finished run of other settings in its folder is an error with
+    `strict` (training would go over it), and just not this run without (recording the results)."""
     from segcls.train import TrainConfig, changed_settings
 
     path = run.out / "metrics.json"
@@ -149,6 +151,8 @@ def is_done(run: Run) -> bool:
         return False
     saved = json.loads(path.read_text())["config"]
     changed = changed_settings(saved, TrainConfig(**run.config))
+    if changed and not strict:
+        return False
     if changed:
         raise SystemExit(f"{run.out} holds a run with other settings ({', '.join(changed)}): use another --out")
     if int(saved["epochs"]) < run.config["epochs"]:
@@ -191,12 +195,14 @@ def make_stain_data(root: Path) -> None:
             make_dataset(root / stain, stain=stain, workers=1, progress=False, **STAIN_DATA)
 
 
-def run_queue(study: str, runs: list[Run], out: Path, jobs: int) -> None:
+def run_queue(study: str, runs: list[Run], out: Path, jobs: int, recorded: list[Run]) -> None:
+    """Train `runs` not done yet, `jobs` at a time; the results CSV lists every finished run of `recorded`
+    (the whole study, so running one stage keeps the others' rows)."""
     todo = [r for r in runs if not is_done(r)]
     print(
         f"{study}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train, {jobs} at a time", flush=True
     )
-    write_results(study, runs, out)
+    write_results(study, recorded, out)
     if not todo:
         return
     context = multiprocessing.get_context("spawn")
@@ -209,7 +215,7 @@ def run_queue(study: str, runs: list[Run], out: Path, jobs: int) -> None:
             except Exception as e:  # one failed run does not stop the queue; rerunning retries it
                 failed += 1
                 print(f"{time.strftime('%H:%M:%S')} FAILED {futures[future].out}: {e!r}", flush=True)
-            write_results(study, runs, out)
+            write_results(study, recorded, out)
     if failed:
         raise SystemExit(f"{failed} runs failed; rerun the same command to retry them")
 
@@ -248,7 +254,7 @@ def result_rows(run: Run) -> list[dict]:
 
 
 def write_results(study: str, runs: list[Run], out: Path) -> None:
-    rows = [row for run in runs if (run.out / "metrics.json").is_file() and is_done(run) for row in result_rows(run)]
+    rows = [row for run in runs if is_done(run, strict=False) for row in result_rows(run)]
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".results_{study}.csv.partial"
     with open(tmp, "w", newline="") as f:
@@ -399,9 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.study == "stain":
         make_stain_data(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
-    stages = {r.stage.name: asdict(r.stage) for r in runs}
+    everything = plan(args.study, args.data, args.out, None, args.factor_s, args.hed)
+    stages = {r.stage.name: asdict(r.stage) for r in everything}
     (args.out / f"study_{args.study}.json").write_text(json.dumps(stages, indent=1))
-    run_queue(args.study, runs, args.out, args.jobs)
+    run_queue(args.study, runs, args.out, args.jobs, everything)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def grid(settings: tuple[str, ...], fractions: tuple[float, ...], skip=()) -> tu
 # GlaS at 1.24 um/px (half the scans' resolution) with 64-px tiles: the same 80 um field per tile as 128-px
 # tiles at 0.62 um/px, a quarter of the compute (the paper's BACH runs read WSIs at 7.47 um/px).
 GLAS_BASE = dict(tile=64, batch_size=16, steps_per_epoch=50, epochs=12, lr=1e-4, device="cpu")
-MAIN_FRACTIONS = (1.0, 0.01, 0.05, 0.1, 0.25)
+MAIN_FRACTIONS = (1.0, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 
 def glas_stages(factor_s: float, hed: float) -> list[Stage]:
@@ -225,10 +225,16 @@ FIELDS = ["stage", "setting", "fraction", "seed", "test_set", "macro_f1", "micro
 FIELDS += ["f1_0", "f1_1", "f1_2", "f1_3", "best_val_macro_f1", "epochs", "seg_tiles", "cls_tiles", "train_seconds"]
 
 
+def _log_seconds(folder: Path) -> float:
+    with open(folder / "log.csv", newline="") as f:
+        return sum(float(r["seconds"]) for r in csv.DictReader(f))
+
+
 def result_rows(run: Run) -> list[dict]:
     metrics = json.loads((run.out / "metrics.json").read_text())
-    with open(run.out / "log.csv", newline="") as f:
-        seconds = sum(float(r["seconds"]) for r in csv.DictReader(f))
+    seconds = _log_seconds(run.out)
+    if run.source:  # a continued run's log starts with its source's epochs: count only its own
+        seconds -= _log_seconds(Path(run.source))
     common = {
         "stage": run.stage.name,
         "setting": run.setting,

@@ -83,8 +83,8 @@ class CrashingModel(ModelSpec):
 
 @dataclass(frozen=True)
 class HoldingModel(ModelSpec):
-    """Each worker holds its first slide after the first batch: it writes `gate/<node id>` and waits (at most
-    `hold_s`) for `gate/release`, so a test can kill a node while its worker is mid-slide."""
+    """Each worker holds its first slide after the first batch: it writes its pid to `gate/<node id>` and waits
+    (at most `hold_s`) for `gate/release`, so a test can kill a node, and the worker with it, mid-slide."""
 
     gate: str = ""
     hold_s: float = 120.0
@@ -102,7 +102,9 @@ class HoldingModel(ModelSpec):
                 self.held = True
                 import ray
 
-                (gate / ray.get_runtime_context().get_node_id()).touch()
+                held = gate / ray.get_runtime_context().get_node_id()
+                held.with_suffix(".partial").write_text(str(os.getpid()))
+                held.with_suffix(".partial").replace(held)  # the test reads a whole pid
                 deadline = time.monotonic() + hold_s
                 while not (gate / "release").exists() and time.monotonic() < deadline:
                     time.sleep(0.1)

@@ -446,7 +446,11 @@ class Trainer:
                     f"micro F1 {val.micro_f1:.4f} cls acc {val_acc or 0:.4f} ({stats['tiles_per_s']:.1f} tiles/s)"
                     f"{' *' if improved else ''}"
                 )
-        return self.finish() if self.ranks.main else {}
+        metrics = self.finish() if self.ranks.main else {}
+        # Every rank waits for rank 0's scoring, so that all destroy the process group together, as PyTorch's
+        # docs ask (a rank 1 that left early was once seen to abort in gloo's teardown).
+        distributed.barrier(self.ranks)
+        return metrics
 
     def _save(self, name: str) -> None:
         save_checkpoint(
